@@ -1,0 +1,30 @@
+"""Atomic file writes: a reader never sees a half-written file, an interrupted writer leaves nothing behind."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_image(image, path: str | os.PathLike) -> None:
+    """Save a PIL image in the format its suffix names, atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    atomic_write(path, buffer.getvalue())
