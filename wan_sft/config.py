@@ -26,3 +26,31 @@ def check_video_shape(num_frames: int, height: int, width: int) -> None:
                 f"--{name} {value} is invalid: it must be a multiple of {SPATIAL_MULTIPLE} "
                 f"(e.g. {lower} or {lower + SPATIAL_MULTIPLE})"
             )
+
+
+def add_training_args(parser) -> None:
+    """The training flags (the seed's names and defaults), shared by the launchers and the training entry."""
+    parser.add_argument("--dataset", help="CSV with columns video,prompt (see prepare_csv.py)")
+    parser.add_argument("--output_dir", default="./output/wan_lora")
+    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
+    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--lora_rank", type=int, default=32)
+    parser.add_argument("--num_epochs", type=int, default=3)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--save_steps", type=int, default=250, help="export a LoRA and save a resumable state every N steps")
+    parser.add_argument("--lora_checkpoint", default=None, help="warm-start from these LoRA weights (fresh optimizer)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
+
+
+def check_training_numbers(args) -> None:
+    check_video_shape(args.num_frames, args.height, args.width)
+    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} {getattr(args, name)} is invalid: it must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max_steps {args.max_steps} is invalid: it must be at least 1")
+    if not args.learning_rate > 0:
+        raise InputError(f"--learning_rate {args.learning_rate} is invalid: it must be positive")

@@ -1,0 +1,99 @@
+"""Full training states: saved atomically on every rank, discovered newest-complete-first, pruned to the newest K.
+
+Layout under `<output_dir>/states/`: `step-00000120/` holds accelerate's `save_state` files (LoRA, optimizer,
+scheduler, RNG of every rank), `progress.json` (where training stands) and, written last, `COMPLETE` (a manifest
+of file sizes). A state is written into `.tmp-step-…` and renamed once every rank has finished writing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .fsutil import atomic_write
+
+MARKER = "COMPLETE"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class Progress:
+    global_step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress
+    step_in_epoch: int = 0  # steps of that epoch done; the next sample is the one after
+    run_fingerprint: str = ""  # settings a resume must share (dataset, world size, ...)
+
+
+def states_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "states"
+
+
+def state_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_complete(state: Path) -> bool:
+    """Marker present and every file it lists still has its recorded size."""
+    try:
+        manifest = json.loads((state / MARKER).read_text())
+        json.loads((state / PROGRESS).read_text())
+        return all((state / name).stat().st_size == size for name, size in manifest.items())
+    except (OSError, ValueError):
+        return False
+
+
+def complete_states(output_dir: str | Path) -> list[Path]:
+    """Complete states, newest first; incomplete ones are reported once and ignored."""
+    root = states_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for state in sorted(root.glob("step-*"), reverse=True):
+        if is_complete(state):
+            found.append(state)
+        else:
+            print(f"warning: skipping incomplete or corrupt training state {state}", file=sys.stderr)
+    return found
+
+
+def read_progress(state: Path) -> Progress:
+    return Progress(**json.loads((state / PROGRESS).read_text()))
+
+
+def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **save_kwargs) -> Path:
+    """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards)."""
+    root = states_dir(output_dir)
+    final = root / state_name(progress.global_step)
+    tmp = root / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), **save_kwargs)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
+        manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
+        tmp.rename(final)
+        atomic_write(final / MARKER, json.dumps(manifest, indent=1))
+        for old in complete_states(output_dir)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, output_dir: str | Path, **load_kwargs) -> Progress | None:
+    """Load the newest complete state that loads; None when there is none."""
+    if accelerator.is_main_process:
+        for stale in states_dir(output_dir).glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    for state in complete_states(output_dir):
+        try:
+            accelerator.load_state(str(state), **load_kwargs)
+        except Exception as error:  # noqa: BLE001 - a state that fails to load is skipped like a partial one
+            print(f"warning: training state {state} failed to load ({error}); trying an older one", file=sys.stderr)
+            continue
+        return read_progress(state)
+    return None

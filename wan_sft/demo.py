@@ -1,0 +1,45 @@
+"""The demo: the tiny random-weight model and a few generated mazes under ./demo, sized to run on 2 CPU cores."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEMO_ROOT = Path("demo")
+SIZE = dict(num_frames=9, height=160, width=96)  # 4k+1 frames, multiples of 32
+NUM_PUZZLES, NUM_HELD_OUT = 12, 4
+
+
+def demo_paths(root: Path = DEMO_ROOT) -> dict[str, Path]:
+    return dict(model=root / "model", puzzles=root / "puzzles", csv=root / "dataset.csv",
+                val_ids=root / "dataset_val_ids.txt", output=root / "output")
+
+
+def prepare_demo(root: Path = DEMO_ROOT) -> dict[str, Path]:
+    """Write (or reuse) the tiny model, the generated mazes and the training CSV with its held-out ids."""
+    from .model_files import REGISTRY_FILE, write_model_folder
+    from .prepare import main as prepare_csv
+    from .puzzles import generate_maze_task
+
+    paths = demo_paths(root)
+    if not (paths["model"] / REGISTRY_FILE).is_file():
+        print(f"demo: writing the tiny random-weight model to {paths['model']}", flush=True)
+        write_model_folder(paths["model"], "tiny")
+    if not (paths["puzzles"] / "maze_square" / "data.json").is_file():
+        print(f"demo: generating {NUM_PUZZLES} mazes in {paths['puzzles']}", flush=True)
+        generate_maze_task(paths["puzzles"], NUM_PUZZLES, grid_sizes=(3, 4), seed=0, fps=8, **SIZE)
+    if not paths["csv"].is_file() or not paths["val_ids"].is_file():
+        code = prepare_csv(["--dataset_root", str(paths["puzzles"]), "--output", str(paths["csv"]),
+                            "--val_count", str(NUM_HELD_OUT), *[f"--{k}={v}" for k, v in SIZE.items()]])
+        if code != 0:
+            raise SystemExit(f"demo: prepare_csv failed with exit code {code}")
+    return paths
+
+
+def demo_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Point the training flags at the demo data unless the user set them explicitly."""
+    paths = prepare_demo()
+    demo = dict(dataset=str(paths["csv"]), output_dir=str(paths["output"]), model_base_path=str(paths["model"]),
+                lora_rank=4, num_epochs=2, save_steps=2, num_gpus=args.num_gpus or 2, **SIZE)
+    for name, value in demo.items():
+        if getattr(args, name) == parser.get_default(name) or getattr(args, name) is None:
+            setattr(args, name, value)

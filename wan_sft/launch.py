@@ -1,0 +1,134 @@
+"""Launching training: validate everything, write accelerate_config.yaml, start `accelerate launch`.
+
+`train_single_node.sh` calls `python -m wan_sft.launch single ...`; nothing about the launch is decided in bash.
+On a machine without GPUs training runs on CPU with gloo; accelerate only starts several real CPU ranks with
+`distributed_type: MULTI_GPU` in the config plus ACCELERATE_USE_CPU=true, so that is what the CPU config holds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import config
+from .config import InputError
+
+CONFIG_FILE = "accelerate_config.yaml"
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def accelerate_config(num_processes: int, use_gpu: bool) -> dict:
+    """Single-node config; multi-node launches override machine count and rank on the command line."""
+    common = dict(compute_environment="LOCAL_MACHINE", debug=False, num_machines=1, machine_rank=0,
+                  num_processes=num_processes, rdzv_backend="static", same_network=True,
+                  main_training_function="main", downcast_bf16="no", tpu_use_cluster=False, tpu_use_sudo=False)
+    if use_gpu:
+        return dict(common, distributed_type="DEEPSPEED", mixed_precision="bf16", use_cpu=False, gpu_ids="all",
+                    deepspeed_config=dict(zero_stage=2, gradient_accumulation_steps=1, offload_optimizer_device="none",
+                                          offload_param_device="none", zero3_init_flag=False,
+                                          deepspeed_multinode_launcher="standard"))
+    if num_processes == 1:
+        return dict(common, distributed_type="NO", mixed_precision="no", use_cpu=True)
+    return dict(common, distributed_type="MULTI_GPU", mixed_precision="no", use_cpu=False, gpu_ids="all")
+
+
+def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu: bool) -> Path:
+    from .fsutil import atomic_write
+
+    text = yaml.safe_dump(accelerate_config(num_processes, use_gpu), sort_keys=True)
+    if not use_gpu and num_processes > 1:
+        text = "# CPU ranks: accelerate needs MULTI_GPU here plus ACCELERATE_USE_CPU=true (set by the launcher)\n" + text
+    atomic_write(path, text)
+    return Path(path)
+
+
+def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
+    """The training entry's flags, passed through unchanged (absolute paths: ranks may start elsewhere)."""
+    argv = ["--dataset", os.path.abspath(args.dataset), "--output_dir", os.path.abspath(args.output_dir),
+            "--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size)]
+    for name in ("num_frames", "height", "width", "lora_rank", "num_epochs", "learning_rate", "save_steps", "seed",
+                 "keep_states", "max_steps"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    if args.lora_checkpoint:
+        argv += ["--lora_checkpoint", os.path.abspath(args.lora_checkpoint)]
+    return argv
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Every check that needs no model: runs before anything is written, queued or loaded."""
+    from .data import validate_training_csv
+    from .lora import read_lora_file
+    from .model_files import locate_model_files
+
+    config.check_training_numbers(args)
+    if not args.dataset:
+        raise InputError("--dataset is required: a video,prompt CSV (make one with prepare_csv.py)")
+    locate_model_files(args.model_base_path)
+    if args.lora_checkpoint:
+        read_lora_file(args.lora_checkpoint)
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir} exists and is not a directory")
+    validate_training_csv(args.dataset, args.num_frames, args.height, args.width)
+
+
+def single_node(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="train_single_node.sh", description="LoRA-train Wan2.2-TI2V-5B on this node.")
+    config.add_training_args(parser)
+    parser.add_argument("--num_gpus", type=int, default=None,
+                        help="processes to start (default: all visible GPUs; 1 CPU process without GPUs)")
+    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)))
+    parser.add_argument("--demo", action="store_true",
+                        help="train the tiny model on generated mazes under ./demo (CPU, a few minutes)")
+    args = parser.parse_args(argv)
+    if args.demo:
+        from .demo import demo_training_args
+
+        demo_training_args(args, parser)
+    gpus = visible_gpus()
+    num_processes = args.num_gpus or max(gpus, 1)
+    if num_processes < 1:
+        raise InputError(f"--num_gpus {args.num_gpus} is invalid: it must be at least 1")
+    if gpus and num_processes > gpus:
+        raise InputError(f"--num_gpus {num_processes} but only {gpus} GPUs are visible (CUDA_VISIBLE_DEVICES)")
+    validate(args)
+
+    yaml_path = write_accelerate_config(CONFIG_FILE, num_processes, use_gpu=gpus > 0)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(yaml_path),
+               "--main_process_port", str(args.port), "-m", "wan_sft.train", *training_argv(args, num_processes)]
+    env = dict(os.environ)
+    if not gpus:
+        env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    where = f"{num_processes} GPU{'s' if num_processes > 1 else ''}" if gpus else f"CPU ({num_processes} process{'es' if num_processes > 1 else ''})"
+    print(f"training on {where}; config {yaml_path}; output {os.path.abspath(args.output_dir)}", flush=True)
+    print("+ " + shlex.join(command), flush=True)
+    os.execvpe(command[0], command, env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"single": single_node}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m wan_sft.launch {{{','.join(commands)}}} [flags]", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

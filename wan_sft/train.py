@@ -1,0 +1,231 @@
+"""The training entry, started by `accelerate launch` on every rank (see launch.py). Reads top to bottom.
+
+Determinism: the sample order is a seeded permutation per epoch, rank r takes every world-th sample of it, and
+the noise/timestep draw is seeded from (seed, step, rank) just before the loss. So a run resumed from a saved
+state repeats exactly what the uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from . import checkpoints, config
+from .data import ClipDataset, read_training_csv
+from .fsutil import atomic_write
+from .lora import add_lora, export_lora, lora_state_dict, warm_start
+from .model_files import load_pipeline
+
+
+class FlowMatchLoss(torch.nn.Module):
+    """What accelerate/DeepSpeed wrap: the pipeline's models, and DiffSynth's units + flow-matching SFT loss."""
+
+    def __init__(self, pipe, num_frames: int, height: int, width: int):
+        super().__init__()
+        self.__dict__["pipe"] = pipe  # not a submodule: its models are registered once, below
+        self.dit, self.vae, self.text_encoder = pipe.dit, pipe.vae, pipe.text_encoder
+        self.shape = dict(num_frames=num_frames, height=height, width=width)
+
+    def encode(self, sample: dict) -> dict:
+        """VAE latents of the clip and its first frame, T5 context of the prompt (DiffSynth's pipeline units)."""
+        pipe = self.pipe
+        shared = dict(input_video=sample["video"], input_image=sample["video"][0], **self.shape, cfg_scale=1,
+                      tiled=False, rand_device="cpu", cfg_merge=False, use_gradient_checkpointing=True,
+                      use_gradient_checkpointing_offload=False, max_timestep_boundary=1, min_timestep_boundary=0)
+        posi, nega = {"prompt": sample["prompt"]}, {}
+        with torch.no_grad():
+            for unit in pipe.units:
+                shared, posi, nega = pipe.unit_runner(unit, pipe, shared, posi, nega)
+        return {**shared, **posi}
+
+    def forward(self, sample: dict, noise_seed: int) -> torch.Tensor:
+        from diffsynth.diffusion import FlowMatchSFTLoss
+
+        inputs = self.encode(sample)
+        torch.manual_seed(noise_seed)  # timestep and noise of this step, independent of what ran before
+        return FlowMatchSFTLoss(self.pipe, **inputs)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    config.add_training_args(parser)
+    parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--expected_world_size", type=int, required=True,
+                        help="set by the launcher; a mismatch means a broken launch and fails loudly")
+    return parser.parse_args(argv)
+
+
+def run_fingerprint(args, world_size: int, num_samples: int) -> str:
+    """Settings a resumed run must share with the run that saved the state."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
+    return json.dumps(keys, sort_keys=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+    accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))])
+    if accelerator.num_processes != args.expected_world_size:
+        raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
+                         f"{args.expected_world_size}; the accelerate launch is misconfigured")
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    rank, world = accelerator.process_index, accelerator.num_processes
+    output_dir = Path(args.output_dir)
+
+    # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
+    samples = read_training_csv(args.dataset)
+    dataset = ClipDataset(samples, args.num_frames, args.height, args.width)
+    steps_per_epoch = math.ceil(len(samples) / world)
+    total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
+
+    # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32.
+    dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    pipe = load_pipeline(args.model_base_path, device, dtype)
+    pipe.scheduler.set_timesteps(1000, training=True)
+    torch.manual_seed(args.seed)
+    lora_params = add_lora(pipe.dit, args.lora_rank)
+    if args.lora_checkpoint:
+        warm_start(pipe.dit, args.lora_checkpoint)
+    optimizer = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)  # DiffSynth's schedule: lr/3 for 5 steps, then lr
+    model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
+    if deepspeed:  # no dataloader goes through prepare(), so DeepSpeed cannot infer the batch size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if deepspeed:
+        from deepspeed.utils import safe_get_full_fp32_param as full_param
+        save_kwargs, load_kwargs = dict(exclude_frozen_parameters=True), dict(load_module_strict=False)
+    else:
+        full_param, save_kwargs, load_kwargs = (lambda p: p), {}, dict(strict=False)
+        accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
+
+    # Resume from the newest complete state, if any.
+    fingerprint = run_fingerprint(args, world, len(samples))
+    progress = checkpoints.resume(accelerator, output_dir, **load_kwargs) or checkpoints.Progress(run_fingerprint=fingerprint)
+    if progress.run_fingerprint != fingerprint:
+        raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
+                         f"use a new --output_dir or the same settings")
+    log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(output_dir / "training_args.json", json.dumps(vars(args), indent=1))
+        _truncate_log(log_path, progress.global_step)  # steps after the resumed state will be redone
+        accelerator.init_trackers("tensorboard")
+        if progress.global_step:
+            print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
+                  f"sample {progress.step_in_epoch * world} of {len(samples)})", flush=True)
+
+    stop = _StopFlag()
+    bar = _progress_bar(accelerator, progress.global_step, total_steps)
+
+    def save_lora(name):
+        state = lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
+        if accelerator.is_main_process:
+            export_lora(state, output_dir / f"{name}.safetensors")
+
+    while progress.global_step < total_steps and progress.epoch < args.num_epochs:
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + progress.epoch)).tolist()
+        positions = range(progress.step_in_epoch * world + rank, steps_per_epoch * world, world)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, [order[p % len(samples)] for p in positions]),
+            batch_size=None, num_workers=2, prefetch_factor=2, persistent_workers=False)
+        for sample in loader:
+            started = time.perf_counter()
+            loss = model(sample, noise_seed=(args.seed * 1_000_003 + progress.global_step) * 4099 + rank)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            progress.global_step += 1
+            progress.step_in_epoch += 1
+            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            lr = scheduler.get_last_lr()[0]
+            if accelerator.is_main_process:
+                record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
+                              step_seconds=time.perf_counter() - started)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
+                bar.update(1)
+            end_of_epoch = progress.step_in_epoch == steps_per_epoch
+            if end_of_epoch:
+                progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+            stopping = stop.agreed(accelerator)
+            if progress.global_step % args.save_steps == 0:
+                save_lora(f"step-{progress.global_step}")
+            if end_of_epoch:
+                save_lora(f"epoch-{progress.epoch - 1}")
+            if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
+                checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
+            if stopping:
+                bar.close()
+                accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
+                                  f"{checkpoints.states_dir(output_dir)}; rerun the same command to resume")
+                accelerator.end_training()
+                return 128 + stop.signum
+            if progress.global_step >= total_steps:
+                break
+
+    bar.close()
+    save_lora("final")
+    accelerator.end_training()
+    accelerator.print(f"done: {progress.global_step} steps; LoRA in {output_dir}/ (final.safetensors, epoch-N, step-N)")
+    return 0
+
+
+def _keep_only_trainable_weights(models, weights, output_dir):
+    """accelerate saves whole state dicts; the frozen base is already on disk, so keep the LoRA only."""
+    for model, state in zip(models, weights):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        for key in [k for k in state if k not in trainable]:
+            del state[key]
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        atomic_write(path, "".join(line + "\n" for line in kept))
+
+
+def _progress_bar(accelerator, done: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True,
+                disable=not accelerator.is_main_process)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT/SIGUSR1 (Slurm's pre-timeout signal) ask for a clean stop after the current step."""
+
+    def __init__(self):
+        self.signum = 0
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = self.signum or signum  # idempotent: Slurm may deliver the signal twice
+
+    def agreed(self, accelerator) -> bool:
+        """Every rank stops at the same step if any rank got a signal."""
+        flag = torch.tensor([self.signum], device=accelerator.device, dtype=torch.int64)
+        flag = accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag
+        if flag.item() and not self.signum:
+            self.signum = signal.SIGTERM
+        return bool(flag.item())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
