@@ -117,9 +117,15 @@ def single_node(argv: list[str]) -> int:
     os.execvpe(command[0], command, env)
 
 
+def multi_node(argv: list[str]) -> int:
+    from .slurm import multi_node as run_multi_node  # Slurm submission / in-allocation launch (wan_sft/slurm.py)
+
+    return run_multi_node(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"single": single_node}
+    commands = {"single": single_node, "multi": multi_node}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m wan_sft.launch {{{','.join(commands)}}} [flags]", file=sys.stderr)
         return 2

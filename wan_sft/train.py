@@ -71,6 +71,7 @@ def run_fingerprint(args, world_size: int, num_samples: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _die_with_launcher()
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
@@ -138,10 +139,7 @@ def main(argv=None) -> int:
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + progress.epoch)).tolist()
         positions = range(progress.step_in_epoch * world + rank, steps_per_epoch * world, world)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, [order[p % len(samples)] for p in positions]),
-            batch_size=None, num_workers=2, prefetch_factor=2, persistent_workers=False)
-        for sample in loader:
+        for sample in _prefetched(dataset, [order[p % len(samples)] for p in positions]):
             started = time.perf_counter()
             loss = model(sample, noise_seed=(args.seed * 1_000_003 + progress.global_step) * 4099 + rank)
             accelerator.backward(loss)
@@ -184,6 +182,30 @@ def main(argv=None) -> int:
     accelerator.end_training()
     accelerator.print(f"done: {progress.global_step} steps; LoRA in {output_dir}/ (final.safetensors, epoch-N, step-N)")
     return 0
+
+
+def _prefetched(dataset, indices, depth: int = 2):
+    """Decode the next samples in a thread while the GPU works (FFmpeg releases the GIL; no worker processes
+    that could outlive a killed rank)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque(pool.submit(dataset.__getitem__, i) for i in indices[:depth])
+        for i in indices[depth:]:
+            sample = pending.popleft().result()
+            pending.append(pool.submit(dataset.__getitem__, i))
+            yield sample
+        while pending:
+            yield pending.popleft().result()
+
+
+def _die_with_launcher() -> None:
+    """torchrun starts ranks in their own sessions; without this a killed launcher leaves them training on."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _keep_only_trainable_weights(models, weights, output_dir):

@@ -1,0 +1,108 @@
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import REPO, run_script
+from wan_sft.inference import GenerationSettings, generate, load_generator, main, read_image
+from wan_sft.lora import add_lora, export_lora, lora_state_dict
+from wan_sft.model_files import load_pipeline
+from wan_sft.puzzles import MAZE_PROMPT, generate_maze_task
+
+W, H, FRAMES = 96, 160, 9
+
+
+@pytest.fixture(scope="module")
+def puzzle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("puzzles")
+    record = generate_maze_task(root, 1, (3,), width=W, height=H, num_frames=FRAMES, fps=8)[0]
+    return root / "maze_square" / record["image"]
+
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_model, tmp_path_factory):
+    """A real rank-4 LoRA for the tiny DiT, with non-zero B so fusing changes the output."""
+    pipe = load_pipeline(tiny_model, "cpu", torch.float32)
+    torch.manual_seed(0)
+    add_lora(pipe.dit, 4)
+    for name, param in pipe.dit.named_parameters():
+        if ".lora_B." in name:
+            param.data = torch.randn_like(param) * 0.01
+    path = tmp_path_factory.mktemp("lora") / "step-2.safetensors"
+    export_lora(lora_state_dict(pipe.dit), path)
+    return path
+
+
+def _argv(tiny_model, puzzle, output, *extra):
+    return ["--model_base_path", str(tiny_model), "--input_image", str(puzzle), "--prompt", MAZE_PROMPT,
+            "--num_frames", str(FRAMES), "--height", str(H), "--width", str(W), "--num_inference_steps", "2",
+            "--device", "cpu", "--output", str(output), *extra]
+
+
+def test_cli_writes_video_and_last_frame_of_the_pipeline(tiny_model, puzzle, lora_file, tmp_path):
+    output = tmp_path / "out" / "maze.mp4"
+    result = run_script([sys.executable, "inference.py", *_argv(tiny_model, puzzle, output, "--lora_path",
+                                                                str(lora_file))], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    fused = int(result.stdout.split("fused ")[1].split()[0])
+    assert fused > 0
+    assert output.is_file() and (tmp_path / "out" / "maze_last.png").is_file()
+
+    pipe, fused_again = load_generator(tiny_model, lora_file, "cpu")
+    frames = generate(pipe, read_image(puzzle), MAZE_PROMPT, GenerationSettings(FRAMES, H, W, 2))
+    assert fused_again == fused and len(frames) == FRAMES
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "maze_last.png")), np.asarray(frames[-1]))
+
+
+def test_lora_ckpt_alias_and_default_output_name(tiny_model, puzzle, lora_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = _argv(tiny_model, puzzle, "unused.mp4", "--lora_ckpt", str(lora_file))
+    argv = argv[:argv.index("--output")] + argv[argv.index("--output") + 2:]
+    assert main(argv) == 0
+    assert "fused" in capsys.readouterr().out
+    stem = puzzle.stem
+    assert (tmp_path / "output/inference" / f"{stem}.mp4").is_file()
+    assert (tmp_path / "output/inference" / f"{stem}_last.png").is_file()
+
+
+def test_lora_with_no_matching_layers_is_an_error(tiny_model, puzzle, tmp_path, capsys):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"unet.down.0.to_q.lora_A.default.weight": torch.zeros(4, 8),
+               "unet.down.0.to_q.lora_B.default.weight": torch.zeros(8, 4)}, str(foreign))
+    assert main(_argv(tiny_model, puzzle, tmp_path / "x.mp4", "--lora_path", str(foreign))) == 2
+    assert "none of its LoRA keys match the DiT's layers" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--num_frames", "10", "error: --num_frames 10 is invalid: Wan2.2 needs 4k+1 frames with k >= 1 (e.g. 9 or 13)"),
+    ("--height", "150", "error: --height 150 is invalid: it must be a multiple of 32 (e.g. 128 or 160)"),
+    ("--width", "100", "error: --width 100 is invalid: it must be a multiple of 32 (e.g. 96 or 128)"),
+    ("--num_inference_steps", "0", "error: --num_inference_steps 0 is invalid: it must be at least 1"),
+])
+def test_bad_numbers_fail_first_with_the_exact_message(puzzle, tmp_path, capsys, flag, value, message):
+    # The model folder does not exist: the number is reported first, so nothing was about to load.
+    argv = _argv(tmp_path / "no-model", puzzle, tmp_path / "x.mp4")
+    argv[argv.index(flag) + 1] = value
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+@pytest.mark.parametrize("problem", ["missing", "broken"])
+def test_unreadable_image_is_an_error(tiny_model, tmp_path, capsys, problem):
+    image = tmp_path / "puzzle.png"
+    if problem == "broken":
+        image.write_bytes(b"not a png")
+    assert main(_argv(tiny_model, image, tmp_path / "x.mp4")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {image}: ") and ("image not found" if problem == "missing" else "not a readable image") in err
+
+
+def test_missing_model_and_lora_files_are_errors(tiny_model, puzzle, tmp_path, capsys):
+    assert main(_argv(tmp_path / "no-model", puzzle, tmp_path / "x.mp4")) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(_argv(tiny_model, puzzle, tmp_path / "x.mp4", "--lora_path", str(tmp_path / "none.safetensors"))) == 2
+    assert "LoRA file not found" in capsys.readouterr().err

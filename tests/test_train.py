@@ -1,0 +1,164 @@
+"""The real launcher, 2 CPU processes (gloo), the tiny model: training, exports, kill/resume reproducibility."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_script
+
+SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def train_command(demo, output_dir, *extra):
+    return ["bash", str(REPO / "train_single_node.sh"), "--dataset", str(demo["csv"]), "--output_dir", str(output_dir),
+            "--model_base_path", str(demo["model"]), "--num_gpus", "2", "--lora_rank", "4", "--num_epochs", "3",
+            "--save_steps", "2", "--port", free_port(), *SIZE, *extra]
+
+
+def losses(output_dir):
+    return [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
+
+
+def curve(output_dir):
+    return [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in losses(output_dir)]
+
+
+def assert_same_lora(a, b):
+    first, second = load_file(str(a)), load_file(str(b))
+    assert first.keys() == second.keys() and len(first) > 0
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script(train_command(demo_data, workdir / "out"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data):
+    workdir, result = uninterrupted
+    out = workdir / "out"
+    # 8 training rows over 2 ranks: 4 steps per epoch, 3 epochs.
+    assert [r["step"] for r in losses(out)] == list(range(1, 13))
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
+        [f"step-{s}.safetensors" for s in range(2, 13, 2)] + [f"epoch-{e}.safetensors" for e in range(3)]
+        + ["final.safetensors"])
+    states = sorted(p.name for p in (out / "states").iterdir())
+    assert states == ["step-00000010", "step-00000012"]  # newest 2 kept
+    progress = json.loads((out / "states" / "step-00000012" / "progress.json").read_text())
+    assert (progress["global_step"], progress["epoch"], progress["step_in_epoch"]) == (12, 3, 0)
+    assert json.loads((out / "training_args.json").read_text())["lora_rank"] == 4
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    config = (workdir / "accelerate_config.yaml").read_text()
+    assert "num_processes: 2" in config and "distributed_type: MULTI_GPU" in config
+    assert "training on CPU (2 processes)" in result.stdout
+
+
+def test_exported_lora_fuses_into_the_pipeline(uninterrupted, demo_data):
+    from wan_sft.lora import fuse_lora
+    from wan_sft.model_files import load_pipeline
+
+    pipe = load_pipeline(demo_data["model"], "cpu", torch.float32)
+    before = pipe.dit.blocks[0].self_attn.q.weight.clone()
+    assert fuse_lora(pipe, uninterrupted[0] / "out" / "final.safetensors") == 2 * 10  # 2 blocks x 10 layers
+    assert not torch.equal(before, pipe.dit.blocks[0].self_attn.q.weight)
+
+
+def run_until_state(command, workdir, state_dir, sig):
+    """Start training, wait for its first complete state, send `sig` to the whole process tree."""
+    process = subprocess.Popen(command, cwd=workdir, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (state_dir / "step-00000002" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.02)
+    os.killpg(process.pid, sig)
+    output, _ = process.communicate(timeout=120)
+    return process.returncode, output
+
+
+def test_sigkill_after_a_save_then_rerun_is_bitwise_identical(uninterrupted, demo_data, tmp_path):
+    out = tmp_path / "out"
+    command = train_command(demo_data, out)
+    code, _ = run_until_state(command, tmp_path, out / "states", signal.SIGKILL)
+    assert code != 0
+    assert (out / "states" / "step-00000002" / "COMPLETE").exists()
+    command[command.index("--port") + 1] = free_port()
+    rerun = run_script(command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from step" in rerun.stdout
+    reference = uninterrupted[0] / "out"
+    assert curve(out) == curve(reference)
+    for name in ["final", "epoch-2", "step-12"]:
+        assert_same_lora(out / f"{name}.safetensors", reference / f"{name}.safetensors")
+
+
+def test_ctrl_c_saves_and_rerun_resumes_with_same_numbering(uninterrupted, demo_data, tmp_path):
+    out = tmp_path / "out"
+    command = train_command(demo_data, out)
+    code, output = run_until_state(command, tmp_path, out / "states", signal.SIGINT)
+    assert code != 0
+    assert "rerun the same command to resume" in output
+    stopped_at = max(r["step"] for r in losses(out))
+    assert (out / "states" / f"step-{stopped_at:08d}" / "COMPLETE").exists()  # saved at the step it stopped
+    command[command.index("--port") + 1] = free_port()
+    rerun = run_script(command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from step {stopped_at}" in rerun.stdout
+    assert [r["step"] for r in losses(out)] == list(range(1, 13))
+    assert_same_lora(out / "final.safetensors", uninterrupted[0] / "out" / "final.safetensors")
+
+
+def test_partial_newest_state_is_skipped_with_a_warning(uninterrupted, demo_data, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    newest = out / "states" / "step-00000012"
+    (newest / "optimizer.bin").write_bytes(b"truncated")
+    (out / "train_log.jsonl").write_text((out / "train_log.jsonl").read_text())  # keep the full log
+    rerun = run_script(train_command(demo_data, out, "--num_epochs", "3"), cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"skipping incomplete or corrupt training state {newest}" in rerun.stderr
+    assert "resuming from step 10" in rerun.stdout
+    assert [r["step"] for r in losses(out)] == list(range(1, 13))
+    assert_same_lora(out / "final.safetensors", uninterrupted[0] / "out" / "final.safetensors")
+
+
+def test_lora_checkpoint_warm_starts_weights_only(uninterrupted, demo_data, tmp_path):
+    source = uninterrupted[0] / "out" / "final.safetensors"
+    result = run_script(train_command(demo_data, tmp_path / "out", "--lora_checkpoint", str(source),
+                                      "--max_steps", "1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in losses(tmp_path / "out")] == [1]  # fresh optimizer and step counter
+    warm, start = load_file(str(tmp_path / "out" / "final.safetensors")), load_file(str(source))
+    drift = max((warm[k] - start[k]).abs().max().item() for k in start)
+    assert 0 < drift < 1e-3  # one small step away from the checkpoint, not from a fresh init
+
+
+def test_resume_with_other_settings_is_refused(uninterrupted, demo_data, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    command = train_command(demo_data, out, "--seed", "1")
+    result = run_script(command, cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"error: {out} holds a run with other settings" in result.stderr + result.stdout

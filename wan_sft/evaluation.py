@@ -1,0 +1,631 @@
+"""VLMPuzzle evaluation: generate a video per puzzle (one worker process per GPU), score its last frame, summarize.
+
+Output layout (also what `--candidates_dir` reads, so a run can be re-scored into another folder):
+    <output_dir>/<task>/<id>.mp4          generated video
+    <output_dir>/<task>/<id>.png          its last frame (the decoded PIL frame, not a re-read of the mp4)
+    <output_dir>/<task>/<id>_overlay.png  what the scorer saw
+    <output_dir>/<task>/<id>.json         score + timings, written atomically LAST: the item's completion marker
+    <output_dir>/run_settings.json        what a resumed run or a merge must share with this one
+    <output_dir>/results.jsonl, summary.json, report.html   rebuilt from the per-item JSONs at the end
+A rerun skips items whose JSON exists. Workers get items one at a time from the parent over their own pipe (no
+shared queue lock that a killed worker could leave held); a worker that dies costs only its current item, which
+is reported, and the run exits non-zero naming every unfinished item.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import InputError
+from .fsutil import atomic_save_image, atomic_write
+from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
+                        read_image, settings_from_args)
+from .scoring import is_maze_task, overlay_image, score_item
+
+SETTINGS_FILE = "run_settings.json"
+RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+# ---------------------------------------------------------------- the items of a dataset
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    task: str  # task folder relative to the dataset root, e.g. "maze_square"
+    id: str
+    task_dir: str  # absolute
+    record: dict
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.id}"
+
+    @property
+    def puzzle_path(self) -> Path:
+        return Path(self.task_dir) / self.record["image"]
+
+    @property
+    def prompt(self) -> str:
+        return str(self.record.get("ti2v_prompt") or self.record["prompt"])
+
+
+def find_items(dataset_root: str | os.PathLike) -> list[EvalItem]:
+    """Every record of every data.json below the root, sorted by (task, id)."""
+    root = Path(dataset_root).resolve()
+    if not root.is_dir():
+        raise InputError(f"--dataset_root {dataset_root}: not a folder; pass the VLMPuzzle dataset root")
+    data_files = sorted(root.rglob("data.json"))
+    if not data_files:
+        raise InputError(f"--dataset_root {dataset_root}: no data.json below it; pass the VLMPuzzle dataset root "
+                         f"(task folders each holding data.json)")
+    items = []
+    for data_file in data_files:
+        task = data_file.parent.relative_to(root).as_posix()
+        task = root.name if task == "." else task
+        try:
+            records = json.loads(data_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InputError(f"{data_file}: not valid JSON ({error})") from None
+        if not isinstance(records, list):
+            raise InputError(f"{data_file}: expected a JSON list of puzzle records, found a {type(records).__name__}")
+        for number, record in enumerate(records, 1):
+            where = f"{data_file} record {number}"
+            if not isinstance(record, dict):
+                raise InputError(f"{where}: expected a JSON object, found a {type(record).__name__}")
+            item_id = str(record.get("id", ""))
+            if not item_id or "/" in item_id or "\\" in item_id or item_id.startswith("."):
+                raise InputError(f"{where}: needs an 'id' usable as a file name (got {record.get('id')!r})")
+            if not record.get("image"):
+                raise InputError(f"{where} (id {item_id}): has no 'image' (the puzzle image path)")
+            if not (record.get("ti2v_prompt") or record.get("prompt")):
+                raise InputError(f"{where} (id {item_id}): has no 'prompt'")
+            items.append(EvalItem(task, item_id, str(data_file.parent), record))
+    items.sort(key=lambda item: (item.task, item.id))
+    duplicates = [key for key, count in Counter(item.key for item in items).items() if count > 1]
+    if duplicates:
+        raise InputError(f"puzzle {duplicates[0]} appears more than once in its data.json; ids must be unique")
+    return items
+
+
+def read_ids_file(path: str | os.PathLike) -> list[str]:
+    """Lines `task/id` (blank lines and # comments skipped), e.g. prepare_csv's <stem>_val_ids.txt."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--ids_file {path}: file not found")
+    keys = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "/" not in line:
+            raise InputError(f"--ids_file {path} line {number}: {line!r} is not of the form task/id")
+        keys.append(line)
+    if not keys:
+        raise InputError(f"--ids_file {path}: holds no task/id lines")
+    return keys
+
+
+def select_items(items: list[EvalItem], tasks: str | None = None, ids_file: str | None = None,
+                 limit: int | None = None, num_shards: int = 1, shard_index: int = 0) -> list[EvalItem]:
+    """Filter by tasks / ids file, keep the first `limit` per task, then take this shard's every num_shards-th item."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit} is invalid: it must be at least 1")
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise InputError(f"--num_shards {num_shards} --shard_index {shard_index} is invalid: "
+                         f"need num_shards >= 1 and 0 <= shard_index < num_shards")
+    if tasks:
+        wanted = [task.strip() for task in tasks.split(",") if task.strip()]
+        known = sorted({item.task for item in items})
+        unknown = [task for task in wanted if task not in known]
+        if unknown:
+            raise InputError(f"--tasks {unknown[0]!r} is not in the dataset (tasks: {', '.join(known)})")
+        items = [item for item in items if item.task in wanted]
+    if ids_file:
+        keys = read_ids_file(ids_file)
+        by_key = {item.key: item for item in items}
+        missing = [key for key in keys if key not in by_key]
+        if missing:
+            raise InputError(f"--ids_file {ids_file}: {len(missing)} entries are not in the (filtered) dataset, "
+                             f"first: {missing[0]}")
+        items = sorted({by_key[key].key: by_key[key] for key in keys}.values(), key=lambda i: (i.task, i.id))
+    if limit is not None:
+        taken = Counter()
+        kept = []
+        for item in items:
+            if taken[item.task] < limit:
+                taken[item.task] += 1
+                kept.append(item)
+        items = kept
+    items = items[shard_index::num_shards]
+    if not items:
+        raise InputError("no puzzles selected (check --tasks, --ids_file, --limit and the shard flags)")
+    for item in items:
+        check_image_header(item.puzzle_path, item.key)
+    return items
+
+
+def check_image_header(path: Path, key: str) -> None:
+    """Cheap (header only) check that a puzzle image exists and is an image."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise InputError(f"{key}: puzzle image {path} not found")
+    try:
+        with Image.open(path):
+            pass
+    except Exception as error:  # noqa: BLE001 - PIL raises several types for a bad file
+        raise InputError(f"{key}: puzzle image {path} is not a readable image ({error.__class__.__name__})") from None
+
+
+# ---------------------------------------------------------------- one item: files, scoring, result
+
+
+def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
+    """kind: 'video', 'frame', 'overlay' or 'result'."""
+    suffix = {"video": ".mp4", "frame": ".png", "overlay": "_overlay.png", "result": ".json"}[kind]
+    return output_dir / task / f"{item_id}{suffix}"
+
+
+def is_finished(output_dir: Path, item: EvalItem) -> bool:
+    return item_path(output_dir, item.task, item.id, "result").is_file()
+
+
+def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bool,
+                     seconds_generate: float | None, worker: str) -> dict:
+    """Save the last frame and overlay, score, then write the item's JSON (last: it marks the item finished)."""
+    start = time.perf_counter()
+    task_name = Path(item.task).name  # the rule depends on the task kind, not on where the folder sits
+    puzzle = read_image(item.puzzle_path)
+    score = score_item(last_frame, puzzle, item.record, task_name)
+    atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
+    atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
+                      item_path(output_dir, item.task, item.id, "overlay"))
+    relative = lambda kind: item_path(Path("."), item.task, item.id, kind).as_posix()  # noqa: E731
+    result = {"task": item.task, "id": item.id, **{k: v for k, v in score.items() if k != "task"},
+              "prompt": item.prompt, "puzzle": str(item.puzzle_path), "last_frame": relative("frame"),
+              "video": relative("video") if has_video else None, "overlay": relative("overlay"),
+              "seconds_generate": None if seconds_generate is None else round(seconds_generate, 3),
+              "seconds_score": round(time.perf_counter() - start, 3), "worker": worker}
+    atomic_write(item_path(output_dir, item.task, item.id, "result"), json.dumps(result, indent=1, ensure_ascii=False))
+    return result
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What every worker needs besides its device."""
+    model_base_path: str
+    lora_path: str | None
+    settings: GenerationSettings
+    fps: int
+    output_dir: str
+
+
+def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict:
+    from .video import write_video
+
+    output_dir = Path(job.output_dir)
+    start = time.perf_counter()
+    frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
+    seconds = time.perf_counter() - start
+    write_video(item_path(output_dir, item.task, item.id, "video"), frames, fps=job.fps)
+    return score_and_record(item, frames[-1], output_dir, True, seconds, worker)
+
+
+def candidate_files(candidates_dir: Path, item: EvalItem) -> tuple[Path | None, Path | None]:
+    """(last-frame PNG, video) of an item in a --candidates_dir, either may be None."""
+    frame = item_path(candidates_dir, item.task, item.id, "frame")
+    video = item_path(candidates_dir, item.task, item.id, "video")
+    return (frame if frame.is_file() else None), (video if video.is_file() else None)
+
+
+def rescore_item(item: EvalItem, candidates_dir: Path, output_dir: Path) -> dict:
+    """Score a candidate: its PNG if there is one (lossless), else the last decoded frame of its mp4."""
+    from .video import read_frames
+
+    frame_file, video_file = candidate_files(candidates_dir, item)
+    last_frame = read_image(frame_file) if frame_file else read_frames(video_file)[-1]
+    if video_file:
+        atomic_write(item_path(output_dir, item.task, item.id, "video"), video_file.read_bytes())
+    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score")
+
+
+# ---------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    name: str  # "gpu0", "cpu1", ...
+    gpu: int | None
+    cpu_threads: int
+
+
+def _exit_with_parent() -> None:
+    """A worker must not outlive a killed parent (it would race a rerun on the same items)."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def watch():
+            wait([parent.sentinel])
+            os._exit(1)
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _describe(error: BaseException) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{error.__class__.__name__}: {error}{where}".replace("\n", " ")
+
+
+def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
+    """Load the pipeline once, then generate+score each item the parent sends until it sends None."""
+    _exit_with_parent()
+    if spec.gpu is None:
+        torch.set_num_threads(spec.cpu_threads)
+        device = "cpu"
+    else:
+        torch.cuda.set_device(spec.gpu)
+        device = f"cuda:{spec.gpu}"
+    try:
+        pipe, fused = load_generator(job.model_base_path, job.lora_path, device)
+    except BaseException as error:  # noqa: BLE001 - reported to the parent, which names it
+        conn.send(("load_failed", None, _describe(error)))
+        return
+    conn.send(("ready", None, fused))
+    while (item := conn.recv()) is not None:
+        try:
+            conn.send(("done", item.key, generate_item(pipe, item, job, spec.name)))
+        except Exception as error:  # noqa: BLE001 - one bad item must not stop the others
+            conn.send(("failed", item.key, _describe(error)))
+
+
+def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
+    """One worker per listed GPU (default all visible); without GPUs, `workers` CPU workers sharing the cores."""
+    visible = torch.cuda.device_count()
+    if gpus is not None:
+        try:
+            indices = [int(part) for part in gpus.split(",") if part.strip()]
+        except ValueError:
+            raise InputError(f"--gpus {gpus!r} is invalid: give GPU indices like 0,1,2") from None
+        bad = [i for i in indices if not 0 <= i < visible]
+        if not indices or bad or len(set(indices)) != len(indices):
+            raise InputError(f"--gpus {gpus!r} is invalid: {visible} GPU(s) are visible, give distinct indices "
+                             f"in 0..{visible - 1}" if visible else f"--gpus {gpus!r} but no GPU is visible")
+        return [WorkerSpec(f"gpu{i}", i, 0) for i in indices]
+    if visible:
+        return [WorkerSpec(f"gpu{i}", i, 0) for i in range(visible)]
+    if workers < 1:
+        raise InputError(f"--workers {workers} is invalid: it must be at least 1")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [WorkerSpec(f"cpu{i}", None, threads) for i in range(workers)]
+
+
+def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
+                log=print) -> dict[str, str]:
+    """Hand items out one at a time to whichever worker is free; returns {item key: why it is unfinished}."""
+    from multiprocessing.connection import wait
+
+    context = torch.multiprocessing.get_context("spawn")
+    pending = deque(items)
+    processes, conns, busy, problems = {}, {}, {}, {}
+    for spec in specs:
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=worker_main, args=(child_end, spec, job), daemon=True)
+        process.start()
+        child_end.close()
+        processes[spec.name], conns[spec.name], busy[spec.name] = process, parent_end, None
+
+    def hand_out(name):
+        item = pending.popleft() if pending else None
+        try:
+            conns[name].send(item)
+            busy[name] = item
+        except OSError:  # the worker is gone; its sentinel reports that
+            if item is not None:
+                pending.appendleft(item)
+
+    load_errors = []
+    alive = set(processes)
+    try:
+        while alive:
+            wait([conns[n] for n in alive] + [processes[n].sentinel for n in alive])
+            for name in sorted(alive):
+                try:
+                    while conns[name].poll():
+                        kind, key, payload = conns[name].recv()
+                        if kind == "ready":
+                            log(f"{name}: pipeline loaded" + (f", fused {payload} LoRA layers" if payload else ""))
+                        elif kind == "load_failed":
+                            load_errors.append(f"{name}: {payload}")
+                            log(f"{name}: failed to load the pipeline: {payload}")
+                            continue
+                        elif kind == "done":
+                            on_result(payload)
+                        else:
+                            problems[key] = f"{name}: {payload}"
+                            log(f"{name}: {key} failed: {payload}")
+                        hand_out(name)
+                except (EOFError, OSError):
+                    pass
+                if not processes[name].is_alive():
+                    processes[name].join()
+                    if busy[name] is not None:
+                        key = busy[name].key
+                        problems[key] = f"{name} died (exit code {processes[name].exitcode}) while generating it"
+                        log(f"{name}: died (exit code {processes[name].exitcode}) while on {key}")
+                        busy[name] = None
+                    alive.discard(name)
+    finally:
+        for process in processes.values():
+            if process.is_alive():
+                process.kill()
+    why = "; ".join(load_errors) or "all workers exited"
+    problems.update({item.key: f"not started ({why})" for item in pending})
+    return problems
+
+
+# ---------------------------------------------------------------- results, summary, report
+
+
+def read_item_results(output_dir: Path, items: list[EvalItem] | None = None) -> list[dict]:
+    """The per-item JSONs of `items` (all under output_dir when None), sorted by task then id."""
+    if items is not None:
+        paths = [item_path(output_dir, item.task, item.id, "result") for item in items]
+        paths = [path for path in paths if path.is_file()]
+    else:
+        paths = [path for path in output_dir.rglob("*.json") if path.parent != output_dir]
+    results = []
+    for path in paths:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(result, dict) and {"task", "id", "pass"} <= result.keys() \
+                and item_path(output_dir, result["task"], result["id"], "result") == path:
+            results.append(result)
+    return sorted(results, key=lambda r: (r["task"], r["id"]))
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _group_stats(results: list[dict], mazes: bool) -> dict:
+    passed = sum(1 for r in results if r["pass"])
+    stats = {"items": len(results), "passed": passed, "pass_rate": round(passed / len(results), 4) if results else None,
+             "failure_reasons": dict(sorted(Counter(r["failure_reason"] for r in results if not r["pass"]).items())),
+             "mean_red_pixels": _mean(r.get("red_pixels") for r in results)}
+    if mazes:
+        stats["mean_corridor_precision"] = _mean(r.get("corridor_precision") for r in results)
+    return stats
+
+
+def summarize(results: list[dict], settings: dict, items_per_hour: float | None, items_this_run: int,
+              unfinished: dict[str, str]) -> dict:
+    by_task = {}
+    for result in results:
+        by_task.setdefault(result["task"], []).append(result)
+    return {
+        "overall": _group_stats(results, False),
+        "tasks": {task: _group_stats(rows, is_maze_task(Path(task).name)) for task, rows in sorted(by_task.items())},
+        "items_this_run": items_this_run,
+        "items_per_hour": None if items_per_hour is None else round(items_per_hour, 2),
+        "unfinished": dict(sorted(unfinished.items())),
+        "settings": settings,
+    }
+
+
+def format_table(summary: dict) -> str:
+    def row(name, stats):
+        rate = "-" if stats["pass_rate"] is None else f"{100 * stats['pass_rate']:.1f}%"
+        corridor = stats.get("mean_corridor_precision")
+        red = stats["mean_red_pixels"]
+        return (f"{name:<28} {stats['items']:>6} {stats['passed']:>6} {rate:>8} "
+                f"{'-' if red is None else f'{red:.0f}':>9} {'-' if corridor is None else f'{corridor:.3f}':>9}")
+
+    lines = [f"{'task':<28} {'items':>6} {'passed':>6} {'pass':>8} {'mean red':>9} {'corridor':>9}"]
+    lines += [row(task, stats) for task, stats in summary["tasks"].items()]
+    lines.append(row("overall", summary["overall"]))
+    if summary["items_per_hour"] is not None:
+        lines.append(f"{summary['items_this_run']} items this run, {summary['items_per_hour']:.1f} items/hour")
+    return "\n".join(lines)
+
+
+def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
+    """results.jsonl, summary.json, the table on stdout, and report.html when wan_sft/report.py exists."""
+    atomic_write(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    atomic_write(output_dir / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False))
+    print(format_table(summary), flush=True)
+    try:
+        from .report import write_report
+    except ModuleNotFoundError as error:
+        if error.name != "wan_sft.report":
+            raise
+        print("note: wan_sft/report.py is not there yet; report.html skipped", flush=True)
+        return
+    print(f"report: {write_report(output_dir)}", flush=True)
+
+
+def check_settings(output_dir: Path, settings: dict) -> None:
+    """A folder holds one run's settings; resuming (or merging) with others would mix incomparable results."""
+    path = output_dir / SETTINGS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != settings:
+            changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
+            raise InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)} differ); "
+                             f"use a new --output_dir or the same settings")
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parse_args(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="parallel_eval.py",
+        description="Generate, score and summarize VLMPuzzle items (one worker per GPU). "
+                    "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.")
+    parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root", required=True,
+                        help="VLMPuzzle dataset root (task folders with data.json)")
+    parser.add_argument("--output_dir", default="./output/eval")
+    parser.add_argument("--tasks", default=None, help="comma list of task folders (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="first N puzzles (by id) per task")
+    parser.add_argument("--ids_file", default=None, help="lines task/id to evaluate, e.g. <stem>_val_ids.txt")
+    parser.add_argument("--candidates_dir", default=None,
+                        help="score existing <task>/<id>.png (or .mp4) outputs instead of generating; loads no model")
+    parser.add_argument("--gpus", default=None, help="GPU indices, one worker each (default: all visible)")
+    parser.add_argument("--workers", type=int, default=1, help="CPU worker processes when no GPU is visible")
+    parser.add_argument("--num_shards", type=int, default=1, help="split the items across this many nodes")
+    parser.add_argument("--shard_index", type=int, default=0, help="which split this node runs (0-based)")
+    add_generation_args(parser)
+    return parser.parse_args(argv)
+
+
+def run_settings(args) -> dict:
+    if args.candidates_dir:
+        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve())}
+    return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
+            "num_frames": args.num_frames, "height": args.height, "width": args.width,
+            "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
+            "negative_prompt": args.negative_prompt, "fps": args.fps}
+
+
+def evaluate(argv) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir).resolve()
+    # Everything is checked before a worker starts or a file is written.
+    items = select_items(find_items(args.dataset_root), args.tasks, args.ids_file, args.limit,
+                         args.num_shards, args.shard_index)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"--output_dir {output_dir} exists and is not a folder")
+    if args.candidates_dir:
+        candidates_dir = Path(args.candidates_dir).resolve()
+        if not candidates_dir.is_dir():
+            raise InputError(f"--candidates_dir {args.candidates_dir}: not a folder")
+        if candidates_dir == output_dir:
+            raise InputError("--candidates_dir and --output_dir are the same folder; write the re-scored run to a new "
+                             "--output_dir")
+        missing = [item.key for item in items if candidate_files(candidates_dir, item) == (None, None)]
+        if missing:
+            raise InputError(f"--candidates_dir {args.candidates_dir}: {len(missing)} of {len(items)} puzzles have "
+                             f"neither <task>/<id>.png nor .mp4, first: {missing[0]}")
+    else:
+        check_generation_args(args)
+        specs = worker_specs(args.gpus, args.workers)
+    settings = run_settings(args)
+    check_settings(output_dir, settings)
+
+    atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
+    todo = [item for item in items if not is_finished(output_dir, item)]
+    done_before = len(items) - len(todo)
+    passed = [sum(1 for r in read_item_results(output_dir, items) if r["pass"])]
+    print(f"{len(items)} puzzles selected, {done_before} already finished in {output_dir}, {len(todo)} to do",
+          flush=True)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), initial=done_before, desc="eval", file=sys.stderr, dynamic_ncols=True)
+
+    def on_result(result):
+        passed[0] += bool(result["pass"])
+        bar.update(1)
+        bar.set_postfix_str(f"pass {passed[0]}/{bar.n} ({100 * passed[0] / bar.n:.0f}%)")
+
+    start = time.time()
+    if args.candidates_dir:
+        for item in todo:
+            on_result(rescore_item(item, candidates_dir, output_dir))
+        problems = {}
+    elif todo:
+        job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir))
+        problems = run_workers(todo, specs, job, on_result, log=bar.write)
+    else:
+        problems = {}
+    bar.close()
+    wall = time.time() - start
+    finished_now = sum(1 for item in todo if is_finished(output_dir, item))
+    results = read_item_results(output_dir, items)
+    unfinished = {item.key: problems.get(item.key, "no result written") for item in items
+                  if not is_finished(output_dir, item)}
+    summary = summarize(results, settings, finished_now * 3600 / wall if finished_now and wall > 0 else None,
+                        finished_now, unfinished)
+    summary["selection"] = {"dataset_root": str(Path(args.dataset_root).resolve()), "tasks": args.tasks,
+                            "limit": args.limit, "ids_file": args.ids_file, "num_shards": args.num_shards,
+                            "shard_index": args.shard_index, "items": len(items)}
+    write_outputs(output_dir, results, summary)
+    return _report_unfinished(unfinished)
+
+
+def _report_unfinished(unfinished: dict[str, str]) -> int:
+    if not unfinished:
+        return 0
+    print(f"error: {len(unfinished)} puzzles unfinished (rerun the same command to do just these):", file=sys.stderr)
+    for key, why in sorted(unfinished.items()):
+        print(f"  {key}: {why}", file=sys.stderr)
+    return 1
+
+
+def merge(argv) -> int:
+    """Copy every finished item of the shard folders into --output_dir (JSON last), then rebuild the outputs."""
+    parser = argparse.ArgumentParser(prog="parallel_eval.py merge",
+                                     description="Combine the output folders of shard runs into one.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("shard_dirs", nargs="+")
+    args = parser.parse_args(argv)
+    output_dir = Path(args.output_dir).resolve()
+    shards = [Path(shard).resolve() for shard in args.shard_dirs]
+    settings, summaries = None, []
+    for shard in shards:
+        if not (shard / SETTINGS_FILE).is_file() or not (shard / SUMMARY_FILE).is_file():
+            raise InputError(f"{shard}: no {SETTINGS_FILE} + {SUMMARY_FILE}; is it a finished parallel_eval.py "
+                             f"output folder?")
+        shard_settings = json.loads((shard / SETTINGS_FILE).read_text(encoding="utf-8"))
+        if settings is not None and shard_settings != settings:
+            raise InputError(f"{shard}: was run with other settings than {shards[0]}; only shards of one run merge")
+        settings = shard_settings
+        summaries.append(json.loads((shard / SUMMARY_FILE).read_text(encoding="utf-8")))
+    check_settings(output_dir, settings)
+    atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
+    for shard in shards:
+        if shard == output_dir:
+            continue
+        for result in read_item_results(shard):
+            if item_path(output_dir, result["task"], result["id"], "result").is_file():
+                continue
+            for kind in ("video", "frame", "overlay", "result"):  # result last: it marks the item finished
+                source = item_path(shard, result["task"], result["id"], kind)
+                if source.is_file():
+                    atomic_write(item_path(output_dir, result["task"], result["id"], kind), source.read_bytes())
+    results = read_item_results(output_dir)
+    done = {f"{r['task']}/{r['id']}" for r in results}
+    unfinished = {key: why for summary in summaries for key, why in summary.get("unfinished", {}).items()
+                  if key not in done}
+    rates = [summary.get("items_per_hour") for summary in summaries]
+    summary = summarize(results, settings, sum(r for r in rates if r) or None,  # shards ran side by side
+                        sum(s.get("items_this_run", 0) for s in summaries), unfinished)
+    summary["merged_from"] = [str(shard) for shard in shards]
+    write_outputs(output_dir, results, summary)
+    return _report_unfinished(unfinished)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["merge"]:
+            return merge(argv[1:])
+        if "--merge" in argv:
+            return merge([arg for arg in argv if arg != "--merge"])
+        return evaluate(argv)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

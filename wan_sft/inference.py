@@ -1,0 +1,176 @@
+"""Image-to-video generation with Wan2.2-TI2V-5B (+ an optional fused LoRA): the reusable parts and the CLI.
+
+`load_generator` + `generate` are what evaluation and in-training validation call; `main` is inference.py.
+Protocol (VLMPuzzle): the puzzle is resized to W x H with NEAREST, and the last frame that is scored is the decoded
+PIL frame from the pipeline, never a re-read of the lossy mp4.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
+from .fsutil import atomic_save_image
+
+# Wan's default negative prompt (as in the Wan2.2 repository and DiffSynth's examples).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_frames: int = DEFAULT_NUM_FRAMES
+    height: int = DEFAULT_HEIGHT
+    width: int = DEFAULT_WIDTH
+    num_inference_steps: int = 50
+    cfg_scale: float = 5.0
+    seed: int = 0
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_generation_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by inference.py and parallel_eval.py (`--lora_ckpt` is the origin scripts' name)."""
+    parser.add_argument("--lora_path", "--lora_ckpt", dest="lora_path", default=None,
+                        help="LoRA .safetensors to fuse (default: the base model alone)")
+    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
+                        help="Wan2.2-TI2V-5B folder (default: $MODEL_BASE_PATH)")
+    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
+    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_inference_steps", type=int, default=50)
+    parser.add_argument("--cfg_scale", type=float, default=5.0)
+    parser.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    parser.add_argument("--fps", type=int, default=16, help="frame rate written into the mp4")
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    return GenerationSettings(args.num_frames, args.height, args.width, args.num_inference_steps, args.cfg_scale,
+                              args.seed, args.negative_prompt)
+
+
+def check_generation_args(args: argparse.Namespace) -> None:
+    """Every generation check that needs no model: shape, numbers, model files, LoRA file."""
+    from .lora import read_lora_file
+    from .model_files import locate_model_files
+
+    check_video_shape(args.num_frames, args.height, args.width)
+    if args.num_inference_steps < 1:
+        raise InputError(f"--num_inference_steps {args.num_inference_steps} is invalid: it must be at least 1")
+    if not args.cfg_scale > 0:
+        raise InputError(f"--cfg_scale {args.cfg_scale} is invalid: it must be positive (1 disables guidance)")
+    if args.fps < 1:
+        raise InputError(f"--fps {args.fps} is invalid: it must be a positive integer")
+    locate_model_files(args.model_base_path)
+    if args.lora_path:
+        read_lora_file(args.lora_path)
+
+
+def check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is invalid: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r} is invalid: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InputError(f"--device {device} but no GPU is visible; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"--device {device} but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB; a missing or broken file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as error:  # noqa: BLE001 - PIL raises several types for a bad file
+        raise InputError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
+
+
+def load_generator(model_base_path, lora_path, device: str):
+    """The pipeline (bf16 on GPU, fp32 on CPU) with the LoRA fused in; returns (pipe, fused layer count, 0 = none)."""
+    from .lora import fuse_lora
+    from .model_files import load_pipeline
+
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    pipe = load_pipeline(model_base_path, device, dtype)
+    with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints its own count; callers report ours
+        fused = fuse_lora(pipe, lora_path) if lora_path else 0
+    return pipe, fused
+
+
+def generate(pipe, image: Image.Image, prompt: str, settings: GenerationSettings,
+             show_progress: bool = False) -> list[Image.Image]:
+    """The generated frames (PIL); the image is resized to W x H with NEAREST so walls stay crisp."""
+    image = image.convert("RGB")
+    if image.size != (settings.width, settings.height):
+        image = image.resize((settings.width, settings.height), Image.NEAREST)
+    on_gpu = torch.device(pipe.device).type == "cuda"
+    kwargs = {} if show_progress else {"progress_bar_cmd": lambda iterable: iterable}
+    return pipe(prompt=prompt, negative_prompt=settings.negative_prompt, input_image=image,
+                height=settings.height, width=settings.width, num_frames=settings.num_frames,
+                num_inference_steps=settings.num_inference_steps, cfg_scale=settings.cfg_scale, seed=settings.seed,
+                tiled=on_gpu, **kwargs)
+
+
+def last_frame_path(video_path: str | os.PathLike) -> Path:
+    video_path = Path(video_path)
+    return video_path.with_name(f"{video_path.stem}_last.png")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Generate a video from a puzzle image with Wan2.2-TI2V-5B (+ LoRA); "
+                                                 "writes the mp4 and its last frame as <stem>_last.png beside it.")
+    parser.add_argument("--input_image", required=True)
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--output", default=None, help="mp4 path (default: ./output/inference/<image stem>.mp4)")
+    parser.add_argument("--device", default=default_device())
+    add_generation_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        check_generation_args(args)
+        check_device(args.device)
+        image = read_image(args.input_image)
+        output = Path(args.output or Path("output/inference") / f"{Path(args.input_image).stem}.mp4")
+        if output.suffix.lower() != ".mp4":
+            raise InputError(f"--output {output} must end in .mp4 (the last frame is written beside it as PNG)")
+        if output.is_dir():
+            raise InputError(f"--output {output} is a directory; name the mp4 file")
+        pipe, fused = load_generator(args.model_base_path, args.lora_path, args.device)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from .video import write_video
+
+    print(f"fused {fused} LoRA layers from {args.lora_path}" if args.lora_path else "no LoRA: base model",
+          flush=True)
+    frames = generate(pipe, image, args.prompt, settings_from_args(args), show_progress=True)
+    write_video(output, frames, fps=args.fps)
+    atomic_save_image(frames[-1], last_frame_path(output))
+    print(f"wrote {output} ({len(frames)} frames) and {last_frame_path(output)}", flush=True)
+    return 0
