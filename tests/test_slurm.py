@@ -26,8 +26,9 @@ from wan_sft.config import InputError
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
 SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
-# 8 demo rows, 2 ranks: 4 steps per epoch, 16 steps; a state and a LoRA every 2 steps
-TRAIN_FLAGS = [*SIZE, "--lora_rank", "4", "--num_epochs", "4", "--save_steps", "2"]
+# 8 demo rows, 2 ranks: 4 steps per epoch, 24 steps (room to signal mid-run); a state and a LoRA every 2 steps
+TOTAL_STEPS = 24
+TRAIN_FLAGS = [*SIZE, "--lora_rank", "4", "--num_epochs", str(TOTAL_STEPS // 4), "--save_steps", "2"]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -70,10 +71,9 @@ def parse(argv):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from wan_sft.demo import prepare_demo
-
-    return prepare_demo(tmp_path_factory.mktemp("demo") / "demo")
+def demo(demo_data):
+    """The demo's tiny model and 8-row maze CSV (conftest's session fixture)."""
+    return demo_data
 
 
 # ----------------------------------------------------------------------------------------------- no cluster
@@ -318,7 +318,7 @@ def single_node_reference(tmp_path_factory, demo):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"single-node reference run: {time.monotonic() - started:.0f}s")
     files = lora_files(workdir / "out")
-    assert {"final.safetensors", "step-2.safetensors", "step-16.safetensors"} <= files.keys()
+    assert {"final.safetensors", "step-2.safetensors", f"step-{TOTAL_STEPS}.safetensors"} <= files.keys()
     return files
 
 
@@ -332,7 +332,7 @@ def test_cluster_two_node_job_equals_single_node_run(cluster, tmp_path, demo, si
     print(f"2-node job {job}: {time.monotonic() - started:.0f}s from submit to COMPLETED")
     assert "node 0/2 (node1)" in log and "node 1/2 (node2)" in log  # one launcher on each node, ranks from SLURM_NODEID
     assert lora_files(out) == single_node_reference
-    assert logged_steps(out) == list(range(1, 17))
+    assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
 
 
 def test_cluster_pre_timeout_signal_requeues_and_resumes(cluster, tmp_path, demo, single_node_reference):
@@ -353,12 +353,61 @@ def test_cluster_pre_timeout_signal_requeues_and_resumes(cluster, tmp_path, demo
     log = (out / f"slurm-{job}.out").read_text()
     assert state == "COMPLETED", log[-5000:]
     print(f"interrupted job {job} (stopped after step {stopped_at}): {time.monotonic() - started:.0f}s to COMPLETED")
-    assert 2 <= stopped_at < 16, "the signal must have stopped the run part-way"
+    assert 2 <= stopped_at < TOTAL_STEPS, "the signal must have stopped the run part-way"
     assert job_field(job, "Restarts") == "1"
     assert "batch shell got SIGUSR1" in log and "requeueing job" in log
     assert f"resuming from step {stopped_at}" in log
-    assert logged_steps(out) == list(range(1, 17))  # every step exactly once
+    assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))  # every step exactly once
     assert lora_files(out) == single_node_reference
+
+
+def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(cluster, tmp_path, demo,
+                                                                              single_node_reference):
+    """`sbatch train_multi_node.sh` works; a training process killed on node 2 fails the whole job fast with a clear
+    message; submitting the same command again resumes from the newest complete state, same LoRA as uninterrupted."""
+    out = tmp_path / "out_direct"
+    out.mkdir()
+    flags = ["--cpu", "--dataset", str(demo["csv"]), "--gpus_per_node", "1", "--output_dir", str(out), *TRAIN_FLAGS]
+    env = clean_env(MODEL_BASE_PATH=str(demo["model"]))
+    started = time.monotonic()
+    submitted = run(["sbatch", "--parsable", "--nodes=2", "--time=15", f"--chdir={tmp_path}",
+                     f"--output={out}/slurm-%j.out", str(REPO / "train_multi_node.sh"), *flags], REPO, env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    log_path = out / "train_log.jsonl"
+    wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2, 300, "step 2")
+    assert job_field(job, "Requeue") == "1"  # from train_multi_node.sh's #SBATCH lines
+    victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
+    os.kill(victim, 9)
+    killed = time.monotonic()
+    state = wait_job_done(job, 120)
+    log = (out / f"slurm-{job}.out").read_text()
+    assert state == "FAILED", log[-5000:]
+    assert time.monotonic() - killed < 60  # not the 10 min distributed timeout
+    assert "error: training failed (srun exit" in log and "a training process or node died" in log
+    failed_at = logged_steps(out)[-1]
+    assert failed_at < TOTAL_STEPS
+    again, resubmitted = submit_job(tmp_path, demo, "out_direct")
+    assert wait_job_done(again, 420) == "COMPLETED", (out / f"slurm-{again}.out").read_text()[-5000:]
+    print(f"direct sbatch job {job} killed after step {failed_at}, job {again} resumed: "
+          f"{time.monotonic() - started:.0f}s")
+    assert "resuming from step" in (out / f"slurm-{again}.out").read_text()
+    assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
+    assert lora_files(out) == single_node_reference
+
+
+def training_process(output_dir: Path, node_id: str) -> int | None:
+    """pid of a `wan_sft.train` process of this run started on the node with SLURM_NODEID=node_id."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"wan_sft.train" not in cmdline or str(output_dir).encode() not in cmdline:
+                continue
+            if f"SLURM_NODEID={node_id}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def test_cluster_bad_dataset_rejected_before_anything_is_queued(cluster, tmp_path, demo):

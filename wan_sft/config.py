@@ -42,6 +42,12 @@ def add_training_args(parser) -> None:
     parser.add_argument("--lora_checkpoint", default=None, help="warm-start from these LoRA weights (fresh optimizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
+    parser.add_argument("--cache_dir", default=None,
+                        help="latent cache folder (default: <output_dir>/latent_cache; can be shared between runs)")
+    parser.add_argument("--no_cache", action="store_true", help="encode every clip on the fly instead of caching")
+    parser.add_argument("--checkpoint_blocks", type=int, default=None,
+                        help="DiT blocks to run with activation checkpointing (default: as few as fit in 60 GiB; all on CPU)")
+    parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
 
 

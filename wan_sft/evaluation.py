@@ -191,10 +191,10 @@ def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bo
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
     atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
                       item_path(output_dir, item.task, item.id, "overlay"))
-    relative = lambda kind: item_path(Path("."), item.task, item.id, kind).as_posix()  # noqa: E731
+    relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix() for kind in ("video", "frame", "overlay")}
     result = {"task": item.task, "id": item.id, **{k: v for k, v in score.items() if k != "task"},
-              "prompt": item.prompt, "puzzle": str(item.puzzle_path), "last_frame": relative("frame"),
-              "video": relative("video") if has_video else None, "overlay": relative("overlay"),
+              "prompt": item.prompt, "puzzle": str(item.puzzle_path), "last_frame": relative["frame"],
+              "video": relative["video"] if has_video else None, "overlay": relative["overlay"],
               "seconds_generate": None if seconds_generate is None else round(seconds_generate, 3),
               "seconds_score": round(time.perf_counter() - start, 3), "worker": worker}
     atomic_write(item_path(output_dir, item.task, item.id, "result"), json.dumps(result, indent=1, ensure_ascii=False))
@@ -209,6 +209,7 @@ class GenerationJob:
     settings: GenerationSettings
     fps: int
     output_dir: str
+    compile_blocks: bool
 
 
 def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict:
@@ -279,7 +280,8 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
         torch.cuda.set_device(spec.gpu)
         device = f"cuda:{spec.gpu}"
     try:
-        pipe, fused = load_generator(job.model_base_path, job.lora_path, device)
+        pipe, fused = load_generator(job.model_base_path, job.lora_path, device,
+                                     compile_blocks=job.compile_blocks and device.startswith("cuda"))
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which names it
         conn.send(("load_failed", None, _describe(error)))
         return
@@ -292,7 +294,8 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
 
 
 def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
-    """One worker per listed GPU (default all visible); without GPUs, `workers` CPU workers sharing the cores."""
+    """One worker per listed GPU (default all visible); without GPUs, `workers` CPU workers sharing the cores
+    (OMP_NUM_THREADS threads each when set)."""
     visible = torch.cuda.device_count()
     if gpus is not None:
         try:
@@ -308,7 +311,7 @@ def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
         return [WorkerSpec(f"gpu{i}", i, 0) for i in range(visible)]
     if workers < 1:
         raise InputError(f"--workers {workers} is invalid: it must be at least 1")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // workers)
     return [WorkerSpec(f"cpu{i}", None, threads) for i in range(workers)]
 
 
@@ -485,6 +488,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="score existing <task>/<id>.png (or .mp4) outputs instead of generating; loads no model")
     parser.add_argument("--gpus", default=None, help="GPU indices, one worker each (default: all visible)")
     parser.add_argument("--workers", type=int, default=1, help="CPU worker processes when no GPU is visible")
+    parser.add_argument("--no_compile", action="store_true",
+                        help="do not torch.compile the DiT blocks on GPU (compiling costs ~1 min per worker once)")
     parser.add_argument("--num_shards", type=int, default=1, help="split the items across this many nodes")
     parser.add_argument("--shard_index", type=int, default=0, help="which split this node runs (0-based)")
     add_generation_args(parser)
@@ -528,7 +533,7 @@ def evaluate(argv) -> int:
     atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
     todo = [item for item in items if not is_finished(output_dir, item)]
     done_before = len(items) - len(todo)
-    passed = [sum(1 for r in read_item_results(output_dir, items) if r["pass"])]
+    passed = sum(1 for r in read_item_results(output_dir, items) if r["pass"])
     print(f"{len(items)} puzzles selected, {done_before} already finished in {output_dir}, {len(todo)} to do",
           flush=True)
 
@@ -537,9 +542,10 @@ def evaluate(argv) -> int:
     bar = tqdm(total=len(items), initial=done_before, desc="eval", file=sys.stderr, dynamic_ncols=True)
 
     def on_result(result):
-        passed[0] += bool(result["pass"])
+        nonlocal passed
+        passed += bool(result["pass"])
         bar.update(1)
-        bar.set_postfix_str(f"pass {passed[0]}/{bar.n} ({100 * passed[0] / bar.n:.0f}%)")
+        bar.set_postfix_str(f"pass {passed}/{bar.n} ({100 * passed / bar.n:.0f}%)")
 
     start = time.time()
     if args.candidates_dir:
@@ -547,7 +553,8 @@ def evaluate(argv) -> int:
             on_result(rescore_item(item, candidates_dir, output_dir))
         problems = {}
     elif todo:
-        job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir))
+        job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),
+                            compile_blocks=not args.no_compile)
         problems = run_workers(todo, specs, job, on_result, log=bar.write)
     else:
         problems = {}

@@ -108,8 +108,12 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
 
 
-def load_generator(model_base_path, lora_path, device: str):
-    """The pipeline (bf16 on GPU, fp32 on CPU) with the LoRA fused in; returns (pipe, fused layer count, 0 = none)."""
+def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool = False):
+    """The pipeline (bf16 on GPU, fp32 on CPU) with the LoRA fused in; returns (pipe, fused layer count, 0 = none).
+
+    `compile_blocks` torch.compiles each DiT block: worth it for many videos (evaluation), not for one.
+    """
+    from .acceleration import configure_blocks
     from .lora import fuse_lora
     from .model_files import load_pipeline
 
@@ -117,6 +121,8 @@ def load_generator(model_base_path, lora_path, device: str):
     pipe = load_pipeline(model_base_path, device, dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints its own count; callers report ours
         fused = fuse_lora(pipe, lora_path) if lora_path else 0
+    if compile_blocks:
+        configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
     return pipe, fused
 
 

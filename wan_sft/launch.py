@@ -61,6 +61,14 @@ def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
             argv += [f"--{name}", str(getattr(args, name))]
     if args.lora_checkpoint:
         argv += ["--lora_checkpoint", os.path.abspath(args.lora_checkpoint)]
+    if args.cache_dir:
+        argv += ["--cache_dir", os.path.abspath(args.cache_dir)]
+    if args.no_cache:
+        argv += ["--no_cache"]
+    if args.no_compile:
+        argv += ["--no_compile"]
+    if args.checkpoint_blocks is not None:
+        argv += ["--checkpoint_blocks", str(args.checkpoint_blocks)]
     return argv
 
 

@@ -290,9 +290,7 @@ def run_batch_shell(args) -> int:
     """`sbatch train_multi_node.sh ...`: this process is the batch shell; become the generated batch body."""
     write_files(args)
     body = batch_body(args)
-    print(f"in allocation {os.environ['SLURM_JOB_ID']}: running the batch script body (see {SCRIPT_FILE} in --dry_run)",
-          flush=True)
-    sys.stdout.flush()
+    print(f"in allocation {os.environ['SLURM_JOB_ID']}: running the batch script (--dry_run prints it)", flush=True)
     os.execv("/bin/bash", ["bash", "-c", body, "wan_sft-batch"])
 
 

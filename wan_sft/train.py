@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, config
+from . import cache, checkpoints, config
+from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fsutil import atomic_write
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
-from .model_files import load_pipeline
+from .model_files import load_pipeline, locate_model_files
 
 
 class FlowMatchLoss(torch.nn.Module):
@@ -31,24 +32,35 @@ class FlowMatchLoss(torch.nn.Module):
         super().__init__()
         self.__dict__["pipe"] = pipe  # not a submodule: its models are registered once, below
         self.dit, self.vae, self.text_encoder = pipe.dit, pipe.vae, pipe.text_encoder
-        self.shape = dict(num_frames=num_frames, height=height, width=width)
+        self.training_inputs = dict(
+            num_frames=num_frames, height=height, width=width, cfg_scale=1, tiled=False, rand_device="cpu",
+            cfg_merge=False, use_gradient_checkpointing=False, use_gradient_checkpointing_offload=False,  # per block, see acceleration.py
+            max_timestep_boundary=1, min_timestep_boundary=0, fuse_vae_embedding_in_latents=True)
 
     def encode(self, sample: dict) -> dict:
         """VAE latents of the clip and its first frame, T5 context of the prompt (DiffSynth's pipeline units)."""
         pipe = self.pipe
-        shared = dict(input_video=sample["video"], input_image=sample["video"][0], **self.shape, cfg_scale=1,
-                      tiled=False, rand_device="cpu", cfg_merge=False, use_gradient_checkpointing=True,
-                      use_gradient_checkpointing_offload=False, max_timestep_boundary=1, min_timestep_boundary=0)
+        shared = dict(input_video=sample["video"], input_image=sample["video"][0], **self.training_inputs)
         posi, nega = {"prompt": sample["prompt"]}, {}
         with torch.no_grad():
             for unit in pipe.units:
                 shared, posi, nega = pipe.unit_runner(unit, pipe, shared, posi, nega)
         return {**shared, **posi}
 
+    def drop_encoders(self) -> None:
+        """Training from the latent cache needs only the DiT on the device."""
+        self.vae = self.text_encoder = self.pipe.vae = self.pipe.text_encoder = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def forward(self, sample: dict, noise_seed: int) -> torch.Tensor:
         from diffsynth.diffusion import FlowMatchSFTLoss
 
-        inputs = self.encode(sample)
+        if "input_latents" in sample:  # from the latent cache: exactly what encode() returned
+            device = self.dit.patch_embedding.weight.device
+            inputs = {**self.training_inputs, **{k: sample[k].to(device) for k in cache.CACHED_INPUTS}}
+        else:
+            inputs = self.encode(sample)
         torch.manual_seed(noise_seed)  # timestep and noise of this step, independent of what ran before
         return FlowMatchSFTLoss(self.pipe, **inputs)
 
@@ -90,18 +102,36 @@ def main(argv=None) -> int:
     steps_per_epoch = math.ceil(len(samples) / world)
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
 
-    # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32.
+    # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32. With the latent
+    # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them.
     dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
-    pipe = load_pipeline(args.model_base_path, device, dtype)
+    if not args.no_cache:
+        cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
+                                        args.height, args.width, locate_model_files(args.model_base_path), dtype)
+        my_missing = cache.missing_entries(cache_paths, rank, world)
+    need_encoders = args.no_cache or bool(my_missing)
+    pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
     pipe.scheduler.set_timesteps(1000, training=True)
+    model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
+    if not args.no_cache:
+        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing)
+        model.drop_encoders()
+        dataset = cache.CachedDataset(cache_paths)
     torch.manual_seed(args.seed)
     lora_params = add_lora(pipe.dit, args.lora_rank)
     if args.lora_checkpoint:
         warm_start(pipe.dit, args.lora_checkpoint)
+    compiled = accelerator.device.type == "cuda" and not args.no_compile
+    checkpointed = args.checkpoint_blocks
+    if checkpointed is None:
+        checkpointed = auto_checkpoint_blocks(pipe.dit, args.num_frames, args.height, args.width,
+                                              accelerator.device, compiled)
+    configure_blocks(pipe.dit, checkpointed, compile_blocks=compiled)
+    accelerator.print(f"DiT: {checkpointed} of {len(pipe.dit.blocks)} blocks checkpointed, "
+                      f"{'compiled' if compiled else 'eager'}")
     optimizer = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)  # DiffSynth's schedule: lr/3 for 5 steps, then lr
-    model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
     if deepspeed:  # no dataloader goes through prepare(), so DeepSpeed cannot infer the batch size
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -153,6 +183,8 @@ def main(argv=None) -> int:
             if accelerator.is_main_process:
                 record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
                               step_seconds=time.perf_counter() - started)
+                if torch.cuda.is_available():
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 with open(log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)

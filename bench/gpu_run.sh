@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU checks with the full-size random-weight model, in stages (each fits one 10-minute device call):
+#   bash bench/gpu_run.sh setup        # random 5b model + generated puzzles + training CSV on local disk
+#   bash bench/gpu_run.sh train_bench  # bench/train_speed.py: stock vs ours, 1 GPU
+#   bash bench/gpu_run.sh train_runs N # train_single_node.sh on N GPUs: kill -9 mid-run, rerun, resume
+#   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs
+# Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK="${WORK:-/root/wan_gpu}"
+OUT="${OUT:-$PWD/gpu_results}"
+mkdir -p "$WORK" "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+MODEL="$WORK/model5b"; DATA="$WORK/data"
+
+run_and_kill() {  # run a training command, SIGKILL its whole tree once state $2 is complete, then rerun it
+  local log="$1" state="$2"; shift 2
+  setsid "$@" > "$log.first" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 1200); do [ -f "$state/COMPLETE" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 -- "-$pid" 2>/dev/null; wait "$pid"; echo "killed after $(basename "$state") (exit $?)" | tee -a "$log.first"
+  "$@" > "$log.second" 2>&1; echo "rerun exit $?" | tee -a "$log.second"
+}
+
+case "${1:?stage}" in
+  setup)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
+    python3 -c "import torch, diffsynth, deepspeed, accelerate, peft; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpus.txt"
+    [ -f "$MODEL/Wan2.2_VAE.pth" ] || time python3 -m wan_sft.model_files "$MODEL" --size 5b --device cuda
+    [ -f "$DATA/puzzles/maze_square/data.json" ] || python3 prepare_csv.py generate --out "$DATA/puzzles" --task maze_square --num 12 --grid 5..9
+    python3 prepare_csv.py --dataset_root "$DATA/puzzles" --output "$DATA/train.csv" --val_count 4
+    du -sh "$MODEL" "$DATA";;
+  train_bench)
+    python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks 30,auto,0 --out "$OUT/train_speed.json" 2>&1 | grep -v Warning;;
+  train_runs)
+    for gpus in "${2:-1}"; do
+      run="$WORK/run$gpus"; rm -rf "$run"
+      run_and_kill "$OUT/train_${gpus}gpu.log" "$run/states/step-00000004" \
+        bash train_single_node.sh --dataset "$DATA/train.csv" --output_dir "$run" --model_base_path "$MODEL" \
+        --num_gpus "$gpus" --num_epochs 2 --max_steps 8 --save_steps 2
+      cp "$run/train_log.jsonl" "$OUT/train_log_${gpus}gpu.jsonl"; ls "$run" "$run/states" >> "$OUT/train_${gpus}gpu.log.second"
+    done;;
+  infer_eval)
+    python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
+    for gpus in 0 0,1; do
+      python3 parallel_eval.py --dataset_root "$DATA/puzzles" --output_dir "$WORK/eval_${gpus/,/_}" --gpus "$gpus" \
+        --model_base_path "$MODEL" --limit 6 --num_inference_steps 10 --no_compile > "$OUT/eval_${gpus/,/_}.log" 2>&1
+      tail -15 "$OUT/eval_${gpus/,/_}.log"; cp "$WORK/eval_${gpus/,/_}/summary.json" "$OUT/eval_summary_${gpus/,/_}.json"
+    done;;
+esac

@@ -1,0 +1,157 @@
+"""Training speed, stock DiffSynth loop vs ours, on one GPU in one process (same card, same weights, same clip).
+
+stock: every step runs DiffSynth's pipeline units (VAE + T5 encode) and FlowMatchSFTLoss with gradient
+       checkpointing on every block, LoRA in bf16, AdamW (DiffSynth's example trainer).
+ours:  inputs from the latent cache (T5 and VAE dropped), LoRA + AdamW state in fp32 under bf16 autocast,
+       compiled blocks, selective checkpointing (several settings, each measured).
+
+    python bench/train_speed.py --model_base_path /path/to/5b [--steps 6] [--checkpoint_blocks 30,12,auto]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, video_tokens  # noqa: E402
+from wan_sft.data import load_clip  # noqa: E402
+from wan_sft.lora import add_lora  # noqa: E402
+from wan_sft.model_files import load_pipeline  # noqa: E402
+from wan_sft.puzzles import generate_maze_task  # noqa: E402
+from wan_sft.train import FlowMatchLoss  # noqa: E402
+
+
+def dit_train_flops(dit, tokens: int, context_tokens: int = 512) -> float:
+    """Matmul FLOPs of one DiT forward+backward (3x forward; LoRA and checkpoint recompute not counted)."""
+    linear = sum(p.numel() for name, p in dit.blocks.named_parameters() if name.endswith("weight") and p.dim() == 2
+                 and "lora_" not in name)
+    attention = len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
+    return 3 * (2 * tokens * linear + attention)
+
+
+def measure(step, steps: int, warmup: int = 2) -> dict:
+    """Median step time after warm-up; `step(i)` returns the loss of step i (same seeds in every run)."""
+    cuda = torch.cuda.is_available()
+    losses = [step(i) for i in range(warmup)]
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        losses.append(step(i))
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return dict(seconds=statistics.median(times), all_seconds=times, losses=losses,
+                peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model_base_path", required=True)
+    parser.add_argument("--num_frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=896)
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--lora_rank", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--checkpoint_blocks", default="30,auto", help="comma list of ints or 'auto'")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: a quick check on the tiny model
+    shape = (args.num_frames, args.height, args.width)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width, height=args.height,
+                                    num_frames=args.num_frames)[0]
+        clip = load_clip(Path(tmp) / "maze_square" / record["solution_video_path"], *shape)
+    sample = {"video": clip, "prompt": record["prompt"]}
+
+    pipe = load_pipeline(args.model_base_path, str(device), torch.bfloat16 if device.type == "cuda" else torch.float32)
+    pipe.scheduler.set_timesteps(1000, training=True)
+    model = FlowMatchLoss(pipe, *shape)
+    torch.manual_seed(0)
+    lora = add_lora(pipe.dit, args.lora_rank)
+    tokens = video_tokens(*shape)
+    flops = dit_train_flops(pipe.dit, tokens)
+    results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__, shape=shape, tokens=tokens,
+                   dit_train_tflop=flops / 1e12, runs={})
+
+    initial_lora = [p.detach().clone() for p in lora]
+
+    def fresh_optimizer(dtype):
+        """Same LoRA init, same seeds for every run, so the loss curves are comparable."""
+        for p, init in zip(lora, initial_lora):
+            p.data = init.to(dtype).clone()
+        return torch.optim.AdamW(lora, lr=1e-4, weight_decay=1e-2)
+
+    # Stock: LoRA in bf16, units every step, every block checkpointed (DiffSynth's use_gradient_checkpointing).
+    optimizer = fresh_optimizer(torch.bfloat16)
+    stock_inputs = dict(model.training_inputs, use_gradient_checkpointing=True)
+
+    def stock_step(i):
+        from diffsynth.diffusion import FlowMatchSFTLoss
+
+        shared = dict(input_video=sample["video"], input_image=sample["video"][0], **stock_inputs)
+        posi, nega = {"prompt": sample["prompt"]}, {}
+        for unit in pipe.units:
+            shared, posi, nega = pipe.unit_runner(unit, pipe, shared, posi, nega)
+        torch.manual_seed(i)
+        loss = FlowMatchSFTLoss(pipe, **shared, **posi)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    results["runs"]["stock"] = measure(stock_step, args.steps)
+    print("stock", json.dumps(results["runs"]["stock"]), flush=True)
+
+    # Ours: cached inputs, fp32 LoRA + Adam under bf16 autocast, only the DiT resident.
+    cached = {k: v for k, v in model.encode(sample).items() if k in ("input_latents", "first_frame_latents", "context")}
+    model.drop_encoders()
+
+    def our_step(i):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model({**cached}, noise_seed=i)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    for setting in args.checkpoint_blocks.split(","):
+        for compiled in (False, True) if device.type == "cuda" else (False,):
+            blocks = auto_checkpoint_blocks(pipe.dit, *shape, device, compiled) if setting == "auto" else int(setting)
+            configure_blocks(pipe.dit, blocks, compile_blocks=compiled)
+            optimizer = fresh_optimizer(torch.float32)
+            name = f"ours_ckpt{blocks}{'_compiled' if compiled else ''}"
+            try:
+                results["runs"][name] = measure(our_step, args.steps, warmup=3 if compiled else 2)
+            except torch.OutOfMemoryError:
+                results["runs"][name] = dict(error="out of memory")
+            print(name, json.dumps(results["runs"][name]), flush=True)
+    configure_blocks(pipe.dit, len(pipe.dit.blocks), compile_blocks=False)
+
+    stock = results["runs"]["stock"]["seconds"]
+    print(f"\n{results['gpu']}, torch {results['torch']}, {shape[0]}x{shape[1]}x{shape[2]} ({tokens} tokens)")
+    print(f"{'run':28s} {'s/sample':>9s} {'speed-up':>9s} {'peak GiB':>9s} {'DiT TFLOP/s':>12s}")
+    for name, run in results["runs"].items():
+        if "seconds" in run:
+            print(f"{name:28s} {run['seconds']:9.3f} {stock / run['seconds']:8.2f}x {run['peak_gib']:9.1f} "
+                  f"{flops / run['seconds'] / 1e12:12.0f}")
+        else:
+            print(f"{name:28s} {run['error']}")
+    print("losses (same seeds):", {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

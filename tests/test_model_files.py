@@ -1,0 +1,43 @@
+"""The MODEL_BASE_PATH layout: checks before loading, and tiny weights loading through DiffSynth's real path."""
+import shutil
+
+import pytest
+import torch
+
+from wan_sft.config import InputError
+from wan_sft.model_files import (DIT_SHARDS, T5_FILE, TOKENIZER_DIR, VAE_FILE, load_pipeline, locate_model_files)
+
+
+def test_tiny_folder_loads_through_diffsynth_model_detection(tiny_model):
+    pipe = load_pipeline(tiny_model, "cpu", torch.float32)
+    assert type(pipe.dit).__name__ == "WanModel" and len(pipe.dit.blocks) == 2
+    assert pipe.dit.fuse_vae_embedding_in_latents and pipe.vae.z_dim == 48
+    assert not any(p.requires_grad for p in pipe.dit.parameters())
+    ids, mask = pipe.tokenizer("Draw a red path", return_mask=True, add_special_tokens=True)
+    assert mask.sum() == 4 and (ids[0, :4] > 2).all()  # known words, lower-cased: no <unk>
+
+
+@pytest.mark.parametrize("name", [*DIT_SHARDS, T5_FILE, VAE_FILE])
+def test_missing_file_is_named(tiny_model, tmp_path, name):
+    copy = shutil.copytree(tiny_model, tmp_path / "m")
+    (copy / name).unlink()
+    with pytest.raises(InputError, match=f"{copy / name}: model file not found"):
+        locate_model_files(copy)
+
+
+@pytest.mark.parametrize("name", [DIT_SHARDS[1], VAE_FILE])
+def test_truncated_file_is_named(tiny_model, tmp_path, name):
+    copy = shutil.copytree(tiny_model, tmp_path / "m")
+    data = (copy / name).read_bytes()
+    (copy / name).write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match=f"{copy / name}: model file is unreadable or truncated"):
+        locate_model_files(copy)
+
+
+def test_missing_tokenizer_and_unset_base(tiny_model, tmp_path):
+    copy = shutil.copytree(tiny_model, tmp_path / "m")
+    shutil.rmtree(copy / TOKENIZER_DIR)
+    with pytest.raises(InputError, match="tokenizer folder missing or empty"):
+        locate_model_files(copy)
+    with pytest.raises(InputError, match="MODEL_BASE_PATH is not set"):
+        locate_model_files(None)
