@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+
+from .config import InputError
 
 DEMO_ROOT = Path("demo")
 SIZE = dict(num_frames=9, height=160, width=96)  # 4k+1 frames, multiples of 32
 NUM_PUZZLES, NUM_HELD_OUT = 12, 4
+DEMO_INFERENCE_STEPS = 4
 
 
 def demo_paths(root: Path = DEMO_ROOT) -> dict[str, Path]:
-    return dict(model=root / "model", puzzles=root / "puzzles", csv=root / "dataset.csv",
+    return dict(root=root, model=root / "model", puzzles=root / "puzzles", csv=root / "dataset.csv",
                 val_ids=root / "dataset_val_ids.txt", output=root / "output")
 
 
@@ -43,3 +47,34 @@ def demo_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     for name, value in demo.items():
         if getattr(args, name) == parser.get_default(name) or getattr(args, name) is None:
             setattr(args, name, value)
+
+
+def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
+    """The generation flags for the demo: the tiny model, the LoRA the demo trained, the demo's size."""
+    paths = demo_paths()
+    lora = paths["output"] / "final.safetensors"
+    if not lora.is_file():
+        raise InputError(f"{lora} not found: run `bash train_single_node.sh --demo` first (in this folder)")
+    args.model_base_path, args.lora_path = str(paths["model"]), str(lora)
+    args.num_inference_steps = DEMO_INFERENCE_STEPS
+    for name, value in SIZE.items():
+        setattr(args, name, value)
+    return paths
+
+
+def demo_inference_args(args: argparse.Namespace) -> None:
+    """inference.py --demo: the first held-out puzzle, with its own prompt."""
+    paths = _demo_generation_args(args)
+    task, puzzle_id = paths["val_ids"].read_text().split()[0].split("/")
+    records = json.loads((paths["puzzles"] / task / "data.json").read_text())
+    record = next(r for r in records if r["id"] == puzzle_id)
+    args.input_image = str(paths["puzzles"] / task / record["image"])
+    args.prompt = record["prompt"]
+    args.output = str(paths["root"] / "inference" / f"{puzzle_id}.mp4")
+
+
+def demo_eval_args(args: argparse.Namespace) -> None:
+    """parallel_eval.py --demo: the held-out puzzles, 2 CPU workers."""
+    paths = _demo_generation_args(args)
+    args.dataset_root, args.ids_file = str(paths["puzzles"]), str(paths["val_ids"])
+    args.output_dir, args.workers = str(paths["root"] / "eval"), 2

@@ -273,8 +273,8 @@ def _describe(error: BaseException) -> str:
 def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
     """Load the pipeline once, then generate+score each item the parent sends until it sends None."""
     _exit_with_parent()
+    torch.set_num_threads(spec.cpu_threads)
     if spec.gpu is None:
-        torch.set_num_threads(spec.cpu_threads)
         device = "cpu"
     else:
         torch.cuda.set_device(spec.gpu)
@@ -294,8 +294,9 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
 
 
 def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
-    """One worker per listed GPU (default all visible); without GPUs, `workers` CPU workers sharing the cores
-    (OMP_NUM_THREADS threads each when set)."""
+    """One worker per listed GPU (default all visible); without GPUs, `workers` CPU workers. Workers share the
+    cores (OMP_NUM_THREADS threads each when set): GPU workers also decode, convert and encode video on the CPU,
+    and all of them using every core slows each other down."""
     visible = torch.cuda.device_count()
     if gpus is not None:
         try:
@@ -306,12 +307,14 @@ def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
         if not indices or bad or len(set(indices)) != len(indices):
             raise InputError(f"--gpus {gpus!r} is invalid: {visible} GPU(s) are visible, give distinct indices "
                              f"in 0..{visible - 1}" if visible else f"--gpus {gpus!r} but no GPU is visible")
-        return [WorkerSpec(f"gpu{i}", i, 0) for i in indices]
-    if visible:
-        return [WorkerSpec(f"gpu{i}", i, 0) for i in range(visible)]
-    if workers < 1:
+    elif visible:
+        indices = list(range(visible))
+    elif workers < 1:
         raise InputError(f"--workers {workers} is invalid: it must be at least 1")
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // workers)
+    count = len(indices) if visible else workers
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // count)
+    if visible:
+        return [WorkerSpec(f"gpu{i}", i, threads) for i in indices]
     return [WorkerSpec(f"cpu{i}", None, threads) for i in range(workers)]
 
 
@@ -478,8 +481,10 @@ def parse_args(argv) -> argparse.Namespace:
         prog="parallel_eval.py",
         description="Generate, score and summarize VLMPuzzle items (one worker per GPU). "
                     "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.")
-    parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root", required=True,
+    parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root",
                         help="VLMPuzzle dataset root (task folders with data.json)")
+    parser.add_argument("--demo", action="store_true",
+                        help="the demo's held-out puzzles with the LoRA of `train_single_node.sh --demo`")
     parser.add_argument("--output_dir", default="./output/eval")
     parser.add_argument("--tasks", default=None, help="comma list of task folders (default: all)")
     parser.add_argument("--limit", type=int, default=None, help="first N puzzles (by id) per task")
@@ -493,7 +498,14 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--num_shards", type=int, default=1, help="split the items across this many nodes")
     parser.add_argument("--shard_index", type=int, default=0, help="which split this node runs (0-based)")
     add_generation_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.demo:
+        from .demo import demo_eval_args
+
+        demo_eval_args(args)
+    elif not args.dataset_root:
+        parser.error("--dataset_root is required (or --demo)")
+    return args
 
 
 def run_settings(args) -> dict:

@@ -148,17 +148,26 @@ def last_frame_path(video_path: str | os.PathLike) -> Path:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate a video from a puzzle image with Wan2.2-TI2V-5B (+ LoRA); "
                                                  "writes the mp4 and its last frame as <stem>_last.png beside it.")
-    parser.add_argument("--input_image", required=True)
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--input_image")
+    parser.add_argument("--prompt")
     parser.add_argument("--output", default=None, help="mp4 path (default: ./output/inference/<image stem>.mp4)")
     parser.add_argument("--device", default=default_device())
+    parser.add_argument("--demo", action="store_true",
+                        help="a held-out demo puzzle with the LoRA of `train_single_node.sh --demo` (run that first)")
     add_generation_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.demo and not (args.input_image and args.prompt):
+        parser.error("--input_image and --prompt are required (or --demo)")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.demo:
+            from .demo import demo_inference_args
+
+            demo_inference_args(args)
         check_generation_args(args)
         check_device(args.device)
         image = read_image(args.input_image)
