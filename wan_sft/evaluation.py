@@ -62,35 +62,18 @@ class EvalItem:
 
 def find_items(dataset_root: str | os.PathLike) -> list[EvalItem]:
     """Every record of every data.json below the root, sorted by (task, id)."""
-    root = Path(dataset_root).resolve()
-    if not root.is_dir():
-        raise InputError(f"--dataset_root {dataset_root}: not a folder; pass the VLMPuzzle dataset root")
-    data_files = sorted(root.rglob("data.json"))
-    if not data_files:
-        raise InputError(f"--dataset_root {dataset_root}: no data.json below it; pass the VLMPuzzle dataset root "
-                         f"(task folders each holding data.json)")
+    from .puzzles import read_dataset_records
+
     items = []
-    for data_file in data_files:
-        task = data_file.parent.relative_to(root).as_posix()
-        task = root.name if task == "." else task
-        try:
-            records = json.loads(data_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError(f"{data_file}: not valid JSON ({error})") from None
-        if not isinstance(records, list):
-            raise InputError(f"{data_file}: expected a JSON list of puzzle records, found a {type(records).__name__}")
-        for number, record in enumerate(records, 1):
-            where = f"{data_file} record {number}"
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, found a {type(record).__name__}")
-            item_id = str(record.get("id", ""))
-            if not item_id or "/" in item_id or "\\" in item_id or item_id.startswith("."):
-                raise InputError(f"{where}: needs an 'id' usable as a file name (got {record.get('id')!r})")
-            if not record.get("image"):
-                raise InputError(f"{where} (id {item_id}): has no 'image' (the puzzle image path)")
-            if not (record.get("ti2v_prompt") or record.get("prompt")):
-                raise InputError(f"{where} (id {item_id}): has no 'prompt'")
-            items.append(EvalItem(task, item_id, str(data_file.parent), record))
+    for task, task_dir, where, record in read_dataset_records(dataset_root):
+        item_id = str(record.get("id", ""))
+        if not item_id or "/" in item_id or "\\" in item_id or item_id.startswith("."):
+            raise InputError(f"{where}: needs an 'id' usable as a file name (got {record.get('id')!r})")
+        if not record.get("image"):
+            raise InputError(f"{where} (id {item_id}): has no 'image' (the puzzle image path)")
+        if not (record.get("ti2v_prompt") or record.get("prompt")):
+            raise InputError(f"{where} (id {item_id}): has no 'prompt'")
+        items.append(EvalItem(task, item_id, str(task_dir), record))
     items.sort(key=lambda item: (item.task, item.id))
     duplicates = [key for key, count in Counter(item.key for item in items).items() if count > 1]
     if duplicates:

@@ -69,6 +69,13 @@ def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
         argv += ["--no_compile"]
     if args.checkpoint_blocks is not None:
         argv += ["--checkpoint_blocks", str(args.checkpoint_blocks)]
+    if args.val_dataset_root:
+        argv += ["--val_dataset_root", os.path.abspath(args.val_dataset_root), "--val_count", str(args.val_count),
+                 "--val_num_inference_steps", str(args.val_num_inference_steps), "--val_cfg_scale", str(args.val_cfg_scale)]
+        if args.val_every is not None:
+            argv += ["--val_every", str(args.val_every)]
+        if args.val_ids_file:
+            argv += ["--val_ids_file", os.path.abspath(args.val_ids_file)]
     return argv
 
 
@@ -88,6 +95,10 @@ def validate(args: argparse.Namespace) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a directory")
     validate_training_csv(args.dataset, args.num_frames, args.height, args.width)
+    if args.val_dataset_root:
+        from .validation import check_validation_split
+
+        check_validation_split(args)
 
 
 def single_node(argv: list[str]) -> int:

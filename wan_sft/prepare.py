@@ -38,35 +38,20 @@ class Entry:
 
 def entries_from_dataset_root(root: Path) -> list[Entry]:
     """Every data.json below a VLMPuzzle root: video = solution_video_path or the solution image's .mp4 twin."""
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass the dataset root that holds the task folders")
-    data_files = sorted(root.rglob("data.json"))
-    if not data_files:
-        raise InputError(f"{root}: no data.json found below it; pass the VLMPuzzle dataset root (task folders "
-                         f"each holding data.json)")
+    from .puzzles import read_dataset_records
+
     entries = []
-    for data_file in data_files:
-        task = data_file.parent.relative_to(root).as_posix()
-        task = root.name if task == "." else task
-        try:
-            records = json.loads(read_utf8(data_file))
-        except json.JSONDecodeError as error:
-            raise InputError(f"{data_file}: not valid JSON ({error})") from None
-        if not isinstance(records, list):
-            raise InputError(f"{data_file}: expected a JSON list of puzzle records, found a {type(records).__name__}")
-        for number, record in enumerate(records, 1):
-            where = f"{data_file} record {number}"
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, found a {type(record).__name__}")
-            video = record.get("solution_video_path")
-            if not video and record.get("solution_image_path"):
-                video = str(Path(record["solution_image_path"]).with_suffix(".mp4"))
-            if not video:
-                raise InputError(f"{where} (id {record.get('id')}): has neither solution_video_path nor "
-                                 f"solution_image_path; add the path of the solution video")
-            prompt = record.get("ti2v_prompt") or record.get("prompt") or ""
-            entries.append(Entry(resolve_video(str(video), data_file.parent), str(prompt),
-                                 f"{task}/data.json record {number}", f"{task}/{record.get('id', number)}"))
+    for task, task_dir, where, record in read_dataset_records(root):
+        video = record.get("solution_video_path")
+        if not video and record.get("solution_image_path"):
+            video = str(Path(record["solution_image_path"]).with_suffix(".mp4"))
+        if not video:
+            raise InputError(f"{where} (id {record.get('id')}): has neither solution_video_path nor "
+                             f"solution_image_path; add the path of the solution video")
+        prompt = record.get("ti2v_prompt") or record.get("prompt") or ""
+        number = where.rsplit(" ", 1)[-1]
+        entries.append(Entry(resolve_video(str(video), task_dir), str(prompt),
+                             f"{task}/data.json record {number}", f"{task}/{record.get('id', number)}"))
     return entries
 
 

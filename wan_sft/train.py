@@ -23,6 +23,8 @@ from .data import ClipDataset, read_training_csv
 from .fsutil import atomic_write
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
+from .report import write_training_report
+from .validation import TaskValidator
 
 
 class FlowMatchLoss(torch.nn.Module):
@@ -103,20 +105,24 @@ def main(argv=None) -> int:
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
 
     # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32. With the latent
-    # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them.
+    # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them
+    # (unless validation generates videos: then it keeps them, T5 on the CPU; see validation.py).
     dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     if not args.no_cache:
         cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
                                         args.height, args.width, locate_model_files(args.model_base_path), dtype)
         my_missing = cache.missing_entries(cache_paths, rank, world)
-    need_encoders = args.no_cache or bool(my_missing)
+    need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
     pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
     pipe.scheduler.set_timesteps(1000, training=True)
     model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
+    validator = TaskValidator(args, accelerator, pipe) if args.val_dataset_root else None
     if not args.no_cache:
         cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing)
         model.drop_encoders()
+        if validator:
+            validator.offload_text_encoder()
         dataset = cache.CachedDataset(cache_paths)
     torch.manual_seed(args.seed)
     lora_params = add_lora(pipe.dit, args.lora_rank)
@@ -157,12 +163,17 @@ def main(argv=None) -> int:
         if progress.global_step:
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
                   f"sample {progress.step_in_epoch * world} of {len(samples)})", flush=True)
+    if validator:
+        validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
 
+    def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
+        return lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
+
     def save_lora(name):
-        state = lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
+        state = current_lora()
         if accelerator.is_main_process:
             export_lora(state, output_dir / f"{name}.safetensors")
 
@@ -198,6 +209,8 @@ def main(argv=None) -> int:
                 save_lora(f"step-{progress.global_step}")
             if end_of_epoch:
                 save_lora(f"epoch-{progress.epoch - 1}")
+            if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
+                validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
                 checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
             if stopping:
@@ -211,6 +224,8 @@ def main(argv=None) -> int:
 
     bar.close()
     save_lora("final")
+    if accelerator.is_main_process:
+        write_training_report(output_dir)
     accelerator.end_training()
     accelerator.print(f"done: {progress.global_step} steps; LoRA in {output_dir}/ (final.safetensors, epoch-N, step-N)")
     return 0
