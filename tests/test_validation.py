@@ -5,10 +5,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from conftest import REPO, run_script
 from test_train import assert_same_lora, free_port, losses
@@ -64,7 +62,7 @@ def test_history_survives_sigkill_and_resume(validated_run, demo_data, tmp_path)
     step 4 was being written): the rerun drops the step-4 rows and frames, redoes them, and ends as the
     uninterrupted run did."""
     out = tmp_path / "out"
-    command = train_command(demo_data, out)
+    command = train_command(demo_data, out, "--keep_states", "8")  # however far it got, the state at step 2 stays
     process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
@@ -164,7 +162,8 @@ def test_bad_validation_flags_are_refused(demo_data, tmp_path, extra, message):
 def test_training_report_shows_loss_pass_rate_and_best(validated_run, tmp_path):
     out = validated_run[0]
     (out / "training_report.html").unlink()
-    result = run_script([sys.executable, "-m", "wan_sft.validation", str(out)], cwd=tmp_path)  # on demand
+    result = run_script([sys.executable, "-m", "wan_sft.validation", str(out)], cwd=REPO,  # on demand
+                        env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     best = str(read_best(out)["step"])
     with chromium() as browser:

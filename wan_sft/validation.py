@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 
 from .config import InputError
-from .data import read_training_csv, resolve_video
+from .data import Sample, read_training_csv, resolve_video
 from .evaluation import EvalItem, check_image_header, find_items, read_ids_file
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
@@ -90,7 +91,7 @@ def solution_video(item: EvalItem) -> str | None:
     return resolve_video(str(video), item.task_dir) if video else None
 
 
-def training_puzzles(samples, items: list[EvalItem]) -> dict[str, object]:
+def training_puzzles(samples: list[Sample], items: list[EvalItem]) -> dict[str, Sample]:
     """{task/id: first CSV sample training on it}: a row's video is the puzzle's solution video, or a clip that
     prepare_csv --trim made from it (`NNNNNN_<solution stem>.mp4`; matched only when that stem is unique)."""
     by_video, by_stem = {}, {}
@@ -132,8 +133,8 @@ def read_rows(output_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [dict(row, step=int(row["step"]), items=int(row["items"]), passed=int(row["passed"]))
-                for row in csv.DictReader(f)]
+        return [dict(row, step=int(row["step"]), items=int(row["items"]), passed=int(row["passed"]),
+                     pass_rate=float(row["pass_rate"])) for row in csv.DictReader(f)]
 
 
 def write_rows(output_dir: Path, rows: list[dict]) -> None:
@@ -206,14 +207,13 @@ def per_task_rows(step: int, results: list[dict]) -> list[dict]:
 
 
 class TaskValidator:
-    """Holds the puzzles, this rank's share, T5 + VAE, and the best pass rate so far (the same on every rank)."""
+    """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the same on every rank)."""
 
     def __init__(self, args, accelerator, pipe):
         self.accelerator, self.pipe = accelerator, pipe
         self.output_dir = Path(args.output_dir)
         self.every = args.val_every or args.save_steps
-        self.items = select_validation_items(args)
-        self.mine = self.items[accelerator.process_index::accelerator.num_processes]
+        self.mine = select_validation_items(args)[accelerator.process_index::accelerator.num_processes]
         self.settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
                                            args.val_cfg_scale)
         self.text_encoder, self.vae = pipe.text_encoder, pipe.vae
@@ -228,8 +228,6 @@ class TaskValidator:
     def restore_history(self, resumed_step: int) -> None:
         """Collective: rank 0 trims the history to the resumed step; every rank learns the best rate."""
         best = [restore_history(self.output_dir, resumed_step) if self.accelerator.is_main_process else None]
-        from accelerate.utils import broadcast_object_list
-
         self.best_rate = broadcast_object_list(best)[0]
 
     def is_due(self, step: int) -> bool:
@@ -238,8 +236,6 @@ class TaskValidator:
     def run(self, step: int, current_lora) -> None:
         """Collective: generate + score this rank's puzzles, gather, log; `current_lora()` (itself collective under
         DeepSpeed) gives the LoRA state to export when the pass rate improved."""
-        from accelerate.utils import gather_object
-
         frames_dir = self.output_dir / FRAMES_DIR / f"step-{step}"
         results = []
         with self._generating():
@@ -248,8 +244,7 @@ class TaskValidator:
                 frames = generate(self.pipe, puzzle, item.prompt, self.settings)
                 score = score_item(frames[-1], puzzle, item.record, Path(item.task).name)
                 atomic_save_image(frames[-1], frames_dir / item.task / f"{item.id}.png")
-                results.append({"task": item.task, "id": item.id, "pass": bool(score["pass"]),
-                                "failure_reason": score.get("failure_reason")})
+                results.append({"task": item.task, "pass": bool(score["pass"])})
         results = gather_object(results)
         rows = per_task_rows(step, results)
         rate = sum(r["passed"] for r in rows) / sum(r["items"] for r in rows)
