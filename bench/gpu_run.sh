@@ -3,7 +3,8 @@
 #   bash bench/gpu_run.sh setup        # random 5b model + generated puzzles + training CSV on local disk
 #   bash bench/gpu_run.sh train_bench  # bench/train_speed.py: stock vs ours, 1 GPU
 #   bash bench/gpu_run.sh train_runs N # train_single_node.sh on N GPUs: kill -9 mid-run, rerun, resume
-#   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs
+#   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs (eval: the latter only;
+#                                      EVAL_LIMIT puzzles, default 6)
 # Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +41,11 @@ case "${1:?stage}" in
         --num_gpus "$gpus" --num_epochs 2 --max_steps 8 --save_steps 2
       cp "$run/train_log.jsonl" "$OUT/train_log_${gpus}gpu.jsonl"; ls "$run" "$run/states" >> "$OUT/train_${gpus}gpu.log.second"
     done;;
-  infer_eval)
-    python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
+  infer_eval|eval)
+    [ "$1" = eval ] || python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
     for gpus in 0 0,1; do
       python3 parallel_eval.py --dataset_root "$DATA/puzzles" --output_dir "$WORK/eval_${gpus/,/_}" --gpus "$gpus" \
-        --model_base_path "$MODEL" --limit 6 --num_inference_steps 10 --no_compile > "$OUT/eval_${gpus/,/_}.log" 2>&1
+        --model_base_path "$MODEL" --limit "${EVAL_LIMIT:-6}" --num_inference_steps 10 --no_compile > "$OUT/eval_${gpus/,/_}.log" 2>&1
       tail -15 "$OUT/eval_${gpus/,/_}.log"; cp "$WORK/eval_${gpus/,/_}/summary.json" "$OUT/eval_summary_${gpus/,/_}.json"
     done;;
 esac
