@@ -162,3 +162,12 @@ def test_resume_with_other_settings_is_refused(uninterrupted, demo_data, tmp_pat
     result = run_script(command, cwd=tmp_path)
     assert result.returncode != 0
     assert f"error: {out} holds a run with other settings" in result.stderr + result.stdout
+
+
+def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
+    from wan_sft.train import _truncate_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "loss": 3.0}\n{"step": 4, "lo')
+    _truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n'

@@ -264,8 +264,15 @@ def _keep_only_trainable_weights(models, weights, output_dir):
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the log lines up to the resumed step (a line cut short by a kill is dropped too)."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line)
+            except (ValueError, KeyError):
+                continue
         atomic_write(path, "".join(line + "\n" for line in kept))
 
 
