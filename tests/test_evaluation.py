@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REPO
 from wan_sft.evaluation import main
@@ -145,8 +146,12 @@ def test_uninterrupted_run_outputs(uninterrupted, dataset):
     results = _results(uninterrupted)
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
     for r in results:
-        for kind in ("video", "last_frame", "overlay"):
+        for kind in ("video", "last_frame", "input", "overlay"):
             assert (uninterrupted / r[kind]).is_file()
+        with Image.open(uninterrupted / r["input"]) as shown, Image.open(r["puzzle"]) as puzzle:
+            assert shown.size == (W, H) and shown.convert("RGB").tobytes() == puzzle.convert("RGB").resize(
+                (W, H), Image.NEAREST).tobytes()  # the puzzle as the model saw it, inside the output folder
+        assert f'src="{r["input"]}"' in (uninterrupted / "report.html").read_text()
         assert r["seconds_generate"] > 0 and r["worker"] in ("cpu0", "cpu1") and Path(r["puzzle"]).is_file()
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert summary["items_this_run"] == 6 and summary["items_per_hour"] > 0 and summary["unfinished"] == {}

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .config import InputError
 from .fsutil import atomic_save_image, atomic_write
@@ -155,8 +156,9 @@ def check_image_header(path: Path, key: str) -> None:
 
 
 def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
-    """kind: 'video', 'frame', 'overlay' or 'result'."""
-    suffix = {"video": ".mp4", "frame": ".png", "overlay": "_overlay.png", "result": ".json"}[kind]
+    """kind: 'video', 'frame', 'input', 'overlay' or 'result'."""
+    suffix = {"video": ".mp4", "frame": ".png", "input": "_input.png", "overlay": "_overlay.png",
+              "result": ".json"}[kind]
     return output_dir / task / f"{item_id}{suffix}"
 
 
@@ -172,11 +174,15 @@ def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bo
     puzzle = read_image(item.puzzle_path)
     score = score_item(last_frame, puzzle, item.record, task_name)
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
+    # The puzzle as the model and the scorer saw it, inside output_dir so the report is self-contained.
+    atomic_save_image(puzzle.resize(last_frame.size, Image.NEAREST), item_path(output_dir, item.task, item.id, "input"))
     atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
                       item_path(output_dir, item.task, item.id, "overlay"))
-    relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix() for kind in ("video", "frame", "overlay")}
+    relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix()
+                for kind in ("video", "frame", "input", "overlay")}
     result = {"task": item.task, "id": item.id, **{k: v for k, v in score.items() if k != "task"},
-              "prompt": item.prompt, "puzzle": str(item.puzzle_path), "last_frame": relative["frame"],
+              "prompt": item.prompt, "puzzle": str(item.puzzle_path), "input": relative["input"],
+              "last_frame": relative["frame"],
               "video": relative["video"] if has_video else None, "overlay": relative["overlay"],
               "seconds_generate": None if seconds_generate is None else round(seconds_generate, 3),
               "seconds_score": round(time.perf_counter() - start, 3), "worker": worker}

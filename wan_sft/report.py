@@ -101,8 +101,9 @@ def _card(record: dict, output_dir: Path) -> dict:
         "id": str(record.get("id", "?")),
         "passed": bool(record.get("pass")),
         "failure_reason": record.get("failure_reason"),
-        "images": [(label, page_relative_url(record.get(key), output_dir))
-                   for label, key in (("input", "puzzle"), ("last frame", "last_frame"), ("overlay", "overlay"))],
+        "images": [("input", page_relative_url(record.get("input") or record.get("puzzle"), output_dir))]
+                  + [(label, page_relative_url(record.get(key), output_dir))
+                     for label, key in (("last frame", "last_frame"), ("overlay", "overlay"))],
         "video": page_relative_url(record.get("video"), output_dir),
         "fields": [(k, format_value(record[k])) for k in CARD_FIELDS if k in record],
         "all_fields": json.dumps(record, indent=1, sort_keys=True),
