@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from wan_sft import launch, slurm
+from wan_sft import slurm
 from wan_sft.config import InputError
 
 REPO = Path(__file__).resolve().parents[1]
