@@ -28,6 +28,9 @@ def check_video_shape(num_frames: int, height: int, width: int) -> None:
             )
 
 
+PATH_FLAGS = {"dataset", "output_dir", "lora_checkpoint", "cache_dir", "val_dataset_root", "val_ids_file"}
+
+
 def add_training_args(parser) -> None:
     """The training flags (the seed's names and defaults), shared by the launchers and the training entry."""
     parser.add_argument("--dataset", help="CSV with columns video,prompt (see prepare_csv.py)")

@@ -52,30 +52,16 @@ def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu
 
 
 def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
-    """The training entry's flags, passed through unchanged (absolute paths: ranks may start elsewhere)."""
-    argv = ["--dataset", os.path.abspath(args.dataset), "--output_dir", os.path.abspath(args.output_dir),
-            "--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size)]
-    for name in ("num_frames", "height", "width", "lora_rank", "num_epochs", "learning_rate", "save_steps", "seed",
-                 "keep_states", "max_steps"):
-        if getattr(args, name) is not None:
-            argv += [f"--{name}", str(getattr(args, name))]
-    if args.lora_checkpoint:
-        argv += ["--lora_checkpoint", os.path.abspath(args.lora_checkpoint)]
-    if args.cache_dir:
-        argv += ["--cache_dir", os.path.abspath(args.cache_dir)]
-    if args.no_cache:
-        argv += ["--no_cache"]
-    if args.no_compile:
-        argv += ["--no_compile"]
-    if args.checkpoint_blocks is not None:
-        argv += ["--checkpoint_blocks", str(args.checkpoint_blocks)]
-    if args.val_dataset_root:
-        argv += ["--val_dataset_root", os.path.abspath(args.val_dataset_root), "--val_count", str(args.val_count),
-                 "--val_num_inference_steps", str(args.val_num_inference_steps), "--val_cfg_scale", str(args.val_cfg_scale)]
-        if args.val_every is not None:
-            argv += ["--val_every", str(args.val_every)]
-        if args.val_ids_file:
-            argv += ["--val_ids_file", os.path.abspath(args.val_ids_file)]
+    """The training entry's flags: every training flag passed through (absolute paths: ranks may start elsewhere)."""
+    parser = argparse.ArgumentParser()
+    config.add_training_args(parser)
+    argv = ["--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size)]
+    for name in vars(parser.parse_args([])):
+        value = getattr(args, name)
+        if value is True:
+            argv.append(f"--{name}")
+        elif value is not None and value is not False:
+            argv += [f"--{name}", os.path.abspath(value) if name in config.PATH_FLAGS else str(value)]
     return argv
 
 

@@ -38,19 +38,17 @@ class Entry:
 
 def entries_from_dataset_root(root: Path) -> list[Entry]:
     """Every data.json below a VLMPuzzle root: video = solution_video_path or the solution image's .mp4 twin."""
-    from .puzzles import read_dataset_records
+    from .puzzles import read_dataset_records, solution_video_path
 
     entries = []
     for task, task_dir, where, record in read_dataset_records(root):
-        video = record.get("solution_video_path")
-        if not video and record.get("solution_image_path"):
-            video = str(Path(record["solution_image_path"]).with_suffix(".mp4"))
+        video = solution_video_path(record)
         if not video:
             raise InputError(f"{where} (id {record.get('id')}): has neither solution_video_path nor "
                              f"solution_image_path; add the path of the solution video")
         prompt = record.get("ti2v_prompt") or record.get("prompt") or ""
         number = where.rsplit(" ", 1)[-1]
-        entries.append(Entry(resolve_video(str(video), task_dir), str(prompt),
+        entries.append(Entry(resolve_video(video, task_dir), str(prompt),
                              f"{task}/data.json record {number}", f"{task}/{record.get('id', number)}"))
     return entries
 

@@ -33,6 +33,15 @@ HOLD_FRACTION = 0.15
 TASKS = ("maze_square", "midpoint")
 
 
+def solution_video_path(record: dict) -> str | None:
+    """A record's solution clip (relative to its task folder): solution_video_path, else the solution image's .mp4."""
+    if record.get("solution_video_path"):
+        return str(record["solution_video_path"])
+    if record.get("solution_image_path"):
+        return str(Path(record["solution_image_path"]).with_suffix(".mp4"))
+    return None
+
+
 def read_dataset_records(root: str | os.PathLike):
     """Yield (task, task folder, where, record) for every record of every data.json below a VLMPuzzle root.
 

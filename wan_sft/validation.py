@@ -33,6 +33,7 @@ from .evaluation import EvalItem, check_image_header, find_items, read_ids_file
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
 from .lora import export_lora
+from .puzzles import solution_video_path
 from .report import write_training_report
 from .scoring import score_item
 
@@ -84,11 +85,9 @@ def select_validation_items(args) -> list[EvalItem]:
 
 
 def solution_video(item: EvalItem) -> str | None:
-    """The clip prepare_csv trains on for this puzzle: solution_video_path, else the solution image's .mp4 twin."""
-    video = item.record.get("solution_video_path")
-    if not video and item.record.get("solution_image_path"):
-        video = str(Path(item.record["solution_image_path"]).with_suffix(".mp4"))
-    return resolve_video(str(video), item.task_dir) if video else None
+    """The clip prepare_csv trains on for this puzzle (absolute), if the record names one."""
+    video = solution_video_path(item.record)
+    return resolve_video(video, item.task_dir) if video else None
 
 
 def training_puzzles(samples: list[Sample], items: list[EvalItem]) -> dict[str, Sample]:
