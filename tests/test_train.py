@@ -171,3 +171,41 @@ def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
     log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n{"step": 3, "loss": 3.0}\n{"step": 4, "lo')
     _truncate_log(log, 2)
     assert log.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 2.0}\n'
+
+
+def test_a_diverged_step_stops_training_before_anything_of_it_is_saved(demo_data, tmp_path):
+    out = tmp_path / "out"
+    result = run_script(train_command(demo_data, out, "--learning_rate", "1e30"), cwd=tmp_path)
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert output.count("error: training diverged at step 1 (the LoRA weights' norm is inf/NaN)") == 1  # rank 0 says it
+    assert "Rerun with a lower --learning_rate" in output
+    assert not (out / "train_log.jsonl").exists()  # the diverged step is not logged either
+    assert not list(out.glob("step-*.safetensors")) and not list(out.glob("states/step-*"))
+
+
+def test_divergence_names_a_non_finite_loss_or_lora_and_passes_a_healthy_step():
+    from wan_sft.train import _divergence
+
+    healthy = [torch.ones(4, 4), torch.zeros(8)]
+    assert _divergence(0.25, healthy) is None
+    assert _divergence(float("nan"), healthy) == "loss nan"
+    assert _divergence(0.25, [torch.ones(4), torch.tensor([1.0, float("inf")])]) == "the LoRA weights' norm is inf/NaN"
+
+
+def test_the_launchers_deepspeed_config_with_our_settings_is_accepted_by_deepspeed():
+    """DeepSpeed's config models reject unknown keys, so a misspelt or removed setting fails here, not on a GPU."""
+    from accelerate.utils import DeepSpeedPlugin
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from wan_sft.launch import accelerate_config
+    from wan_sft.train import configure_deepspeed
+
+    yaml_config = accelerate_config(1, use_gpu=True)["deepspeed_config"]
+    plugin = DeepSpeedPlugin(**{k: v for k, v in yaml_config.items() if k != "deepspeed_multinode_launcher"})
+    plugin.set_mixed_precision("bf16")  # what Accelerator(mixed_precision="bf16") does before train.main calls us
+    configure_deepspeed(plugin.deepspeed_config)
+    parsed = DeepSpeedConfig({**plugin.deepspeed_config, "train_batch_size": 1})  # accelerate fills "auto" in prepare
+    assert parsed.train_micro_batch_size_per_gpu == 1 and parsed.zero_optimization_stage == 2
+    assert parsed.gradient_clipping == 0.0 and not parsed.zero_config.compute_grad_norm
+    assert parsed.bfloat16_config.enabled and not parsed.bfloat16_config.check_grad_overflow
