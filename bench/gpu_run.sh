@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks with the full-size random-weight model, in stages (each fits one 10-minute device call):
 #   bash bench/gpu_run.sh setup        # random 5b model + generated puzzles + training CSV on local disk
-#   bash bench/gpu_run.sh train_bench  # bench/train_speed.py: stock vs ours, 1 GPU
+#   bash bench/gpu_run.sh train_bench  # bench/train_speed.py: stock vs ours vs the launcher step, 1 GPU
 #   bash bench/gpu_run.sh train_runs N # train_single_node.sh on N GPUs: kill -9 mid-run, rerun, resume
+#   bash bench/gpu_run.sh train_steady N # train_single_node.sh defaults on N GPUs, 24 steps: median s/step
 #   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs (eval: the latter only;
 #                                      EVAL_LIMIT puzzles, default 6)
 # Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
@@ -26,13 +27,13 @@ run_and_kill() {  # run a training command, SIGKILL its whole tree once state $2
 case "${1:?stage}" in
   setup)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
-    python3 -c "import torch, diffsynth, deepspeed, accelerate, peft; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpus.txt"
+    python3 -c "import torch, diffsynth, deepspeed, accelerate, peft; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'deepspeed', deepspeed.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpus.txt"
     [ -f "$MODEL/Wan2.2_VAE.pth" ] || time python3 -m wan_sft.model_files "$MODEL" --size 5b --device cuda
     [ -f "$DATA/puzzles/maze_square/data.json" ] || python3 prepare_csv.py generate --out "$DATA/puzzles" --task maze_square --num 12 --grid 5..9
     python3 prepare_csv.py --dataset_root "$DATA/puzzles" --output "$DATA/train.csv" --val_count 4
     du -sh "$MODEL" "$DATA";;
   train_bench)
-    python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks 30,auto,0 --out "$OUT/train_speed.json" 2>&1 | grep -v Warning;;
+    python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks 30,auto,0 --deepspeed --out "$OUT/train_speed.json" 2>&1 | grep -v Warning;;
   train_runs)
     for gpus in "${2:-1}"; do
       run="$WORK/run$gpus"; rm -rf "$run"
@@ -41,6 +42,13 @@ case "${1:?stage}" in
         --num_gpus "$gpus" --num_epochs 2 --max_steps 8 --save_steps 2
       cp "$run/train_log.jsonl" "$OUT/train_log_${gpus}gpu.jsonl"; ls "$run" "$run/states" >> "$OUT/train_${gpus}gpu.log.second"
     done;;
+  train_steady)
+    run="$WORK/steady${2:-1}"; rm -rf "$run"
+    bash train_single_node.sh --dataset "$DATA/train.csv" --output_dir "$run" --model_base_path "$MODEL" \
+      --num_gpus "${2:-1}" --num_epochs 100 --max_steps 24 --save_steps 1000 > "$OUT/steady_${2:-1}gpu.log" 2>&1
+    tail -3 "$OUT/steady_${2:-1}gpu.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_${2:-1}gpu.jsonl"
+    python3 -c "import json, statistics, sys; rows = [json.loads(l) for l in open(sys.argv[1])][4:]
+print(f'median s/step over steps 5-{len(rows) + 4}: {statistics.median(r[\"step_seconds\"] for r in rows):.3f}, peak {max(r[\"peak_memory_gib\"] for r in rows):.1f} GiB')" "$run/train_log.jsonl";;
   infer_eval|eval)
     [ "$1" = eval ] || python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
     for gpus in 0 0,1; do

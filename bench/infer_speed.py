@@ -1,8 +1,12 @@
-"""Inference speed per video, stock DiffSynth pipeline vs ours (compiled DiT blocks), same card, one process.
+"""Inference speed per video, stock DiffSynth pipeline vs ours, same card, one process.
 
     python bench/infer_speed.py --model_base_path /path/to/5b [--num_inference_steps 50 --cfg_scale 5]
 
-Prints seconds per video for both, the ratio, and the PSNR of our decoded frames against stock (same seed).
+Runs, on the same pipeline and seed: stock, and ours as parallel_eval.py generates (compiled DiT blocks, untiled VAE
+decode). For each: seconds per video, split into the fixed part (T5, VAE encode/decode) and per denoising step, the
+DiT's achieved TFLOP/s, the PSNR of the decoded frames against stock, and the attention kernels that ran.
+Then VAE decode alone, tiled (DiffSynth's default) vs untiled: time, peak memory, PSNR.
+Measured once and not kept: both cfg branches in one batch (DiffSynth's cfg_merge) was 1.6% faster (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -17,24 +21,34 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from wan_sft.acceleration import configure_blocks  # noqa: E402
+from profiling import attention_kernels  # noqa: E402
+from wan_sft.acceleration import configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
 from wan_sft.inference import GenerationSettings, generate, load_generator, read_image  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
 
 
-def psnr(a: list, b: list) -> float:
-    x = np.stack([np.asarray(f, dtype=np.float64) for f in a])
-    y = np.stack([np.asarray(f, dtype=np.float64) for f in b])
-    mse = np.mean((x - y) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def psnr(x: np.ndarray, y: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 0..255 arrays."""
+    mse = np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def timed(pipe, image, prompt, settings) -> tuple[float, list]:
+def timed(call) -> tuple[float, object]:
     torch.cuda.synchronize()
     start = time.perf_counter()
-    frames = generate(pipe, image, prompt, settings)
+    result = call()
     torch.cuda.synchronize()
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, result
+
+
+class StockCall:
+    """The pipeline as DiffSynth's examples call it: every default, so the VAE decodes in tiles."""
+
+    def __init__(self, pipe):
+        self.pipe, self.device = pipe, pipe.device
+
+    def __call__(self, tiled, **kwargs):
+        return self.pipe(**kwargs)
 
 
 def main() -> int:
@@ -45,27 +59,64 @@ def main() -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     settings = GenerationSettings(num_inference_steps=args.num_inference_steps, cfg_scale=args.cfg_scale)
+    one_step = GenerationSettings(num_inference_steps=1, cfg_scale=args.cfg_scale)
     with tempfile.TemporaryDirectory() as tmp:
         record = generate_maze_task(tmp, 1, grid_sizes=(7,), num_frames=5)[0]
         image = read_image(Path(tmp) / "maze_square" / record["image"])
+    prompt = record["prompt"]
     pipe, _ = load_generator(args.model_base_path, None, "cuda")
-    warmup = GenerationSettings(num_inference_steps=2, cfg_scale=args.cfg_scale)
+    forwards_per_step = 2 if args.cfg_scale != 1 else 1
+    step_flops = forwards_per_step * dit_forward_flops(
+        pipe.dit, video_tokens(settings.num_frames, settings.height, settings.width))
 
-    generate(pipe, image, record["prompt"], warmup)
-    stock_seconds, stock_frames = timed(pipe, image, record["prompt"], settings)
-    configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
-    start = time.perf_counter()
-    generate(pipe, image, record["prompt"], warmup)
-    compile_seconds = time.perf_counter() - start
-    our_seconds, our_frames = timed(pipe, image, record["prompt"], settings)
+    variants = [  # name, what generate() calls, compile blocks
+        ("stock DiffSynth pipeline (tiled VAE decode)", StockCall(pipe), False),
+        ("ours: compiled DiT blocks, untiled VAE decode", pipe, True),
+    ]
+    runs, stock_frames = {}, None
+    for name, runner, compiled in variants:
+        if compiled:
+            configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
+        torch.cuda.reset_peak_memory_stats()
+        warmup_seconds, _ = timed(lambda: generate(runner, image, prompt, one_step))
+        kernels = attention_kernels(lambda: generate(runner, image, prompt, one_step))
+        one_seconds, _ = timed(lambda: generate(runner, image, prompt, one_step))
+        seconds, frames = timed(lambda: generate(runner, image, prompt, settings))
+        frames = np.stack([np.asarray(frame) for frame in frames])
+        per_step = (seconds - one_seconds) / (settings.num_inference_steps - 1)
+        stock_frames = frames if stock_frames is None else stock_frames
+        runs[name] = dict(seconds=seconds, per_step_seconds=per_step, fixed_seconds=one_seconds - per_step,
+                          dit_tflops=step_flops / per_step / 1e12, warmup_seconds=warmup_seconds,
+                          peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                          psnr_vs_stock_db=psnr(stock_frames, frames), attention_kernels=kernels)
+        print(name, json.dumps(runs[name]), flush=True)
 
+    latents = torch.randn(1, 48, (settings.num_frames - 1) // 4 + 1, settings.height // 16, settings.width // 16,
+                          device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(0))
+    decode = {}
+    for tiled in (True, False):
+        pipe.vae.decode(latents, device="cuda", tiled=tiled)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        seconds, video = timed(lambda: pipe.vae.decode(latents, device="cuda", tiled=tiled))
+        extra_gib = (torch.cuda.max_memory_allocated() - before) / 2**30
+        decode[tiled] = seconds, extra_gib, ((video.float().clamp(-1, 1) + 1) * 127.5).cpu().numpy()
+    untiled_psnr = psnr(decode[True][2], decode[False][2])
+    vae = dict(tiled_seconds=decode[True][0], untiled_seconds=decode[False][0], tiled_extra_gib=decode[True][1],
+               untiled_extra_gib=decode[False][1], untiled_psnr_vs_tiled_db=untiled_psnr)
+
+    stock = runs[variants[0][0]]["seconds"]
     result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, steps=args.num_inference_steps,
-                  cfg=args.cfg_scale, stock_seconds=stock_seconds, our_seconds=our_seconds,
-                  speedup=stock_seconds / our_seconds, compile_warmup_seconds=compile_seconds,
-                  psnr_db=psnr(stock_frames, our_frames))
+                  cfg=args.cfg_scale, dit_step_tflop=step_flops / 1e12, runs=runs, vae_decode=vae)
     print(json.dumps(result, indent=1))
-    print(f"\n{result['gpu']}: stock {stock_seconds:.1f} s/video, ours {our_seconds:.1f} s/video "
-          f"({result['speedup']:.2f}x), PSNR vs stock {result['psnr_db']:.1f} dB, one-time compile {compile_seconds:.0f} s")
+    print(f"\n{result['gpu']}, torch {result['torch']}, {args.num_inference_steps} steps, cfg {args.cfg_scale}")
+    print(f"{'run':50s} {'s/video':>8s} {'vs stock':>9s} {'s/step':>7s} {'fixed s':>8s} {'TFLOP/s':>8s} {'PSNR dB':>8s}")
+    for name, run in runs.items():
+        print(f"{name:50s} {run['seconds']:8.1f} {stock / run['seconds']:8.2f}x {run['per_step_seconds']:7.3f} "
+              f"{run['fixed_seconds']:8.2f} {run['dit_tflops']:8.0f} {run['psnr_vs_stock_db']:8.1f}")
+    print(f"VAE decode: tiled {vae['tiled_seconds']:.2f} s (+{vae['tiled_extra_gib']:.1f} GiB), untiled "
+          f"{vae['untiled_seconds']:.2f} s (+{vae['untiled_extra_gib']:.1f} GiB), PSNR {untiled_psnr:.1f} dB vs tiled")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     return 0

@@ -1,9 +1,10 @@
 """Training speed, stock DiffSynth loop vs ours, on one GPU in one process (same card, same weights, same clip).
 
 stock: every step runs DiffSynth's pipeline units (VAE + T5 encode) and FlowMatchSFTLoss with gradient
-       checkpointing on every block, LoRA in bf16, AdamW (DiffSynth's example trainer).
+       checkpointing on every block, LoRA in bf16, AdamW + ConstantLR (DiffSynth's example trainer).
 ours:  inputs from the latent cache (T5 and VAE dropped), LoRA + AdamW state in fp32 under bf16 autocast,
-       compiled blocks, selective checkpointing (several settings, each measured).
+       compiled blocks, selective checkpointing (several settings, each measured); with --deepspeed also the
+       launcher's step (accelerate + DeepSpeed ZeRO-2 with train.configure_deepspeed's settings).
 
     python bench/train_speed.py --model_base_path /path/to/5b [--steps 6] [--checkpoint_blocks 30,12,auto]
 """
@@ -20,20 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, video_tokens  # noqa: E402
+from profiling import attention_kernels, time_tables  # noqa: E402
+from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
 from wan_sft.data import load_clip  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
 from wan_sft.model_files import load_pipeline  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
-from wan_sft.train import FlowMatchLoss  # noqa: E402
-
-
-def dit_train_flops(dit, tokens: int, context_tokens: int = 512) -> float:
-    """Matmul FLOPs of one DiT forward+backward (3x forward; LoRA and checkpoint recompute not counted)."""
-    linear = sum(p.numel() for name, p in dit.blocks.named_parameters() if name.endswith("weight") and p.dim() == 2
-                 and "lora_" not in name)
-    attention = len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
-    return 3 * (2 * tokens * linear + attention)
+from wan_sft.train import FlowMatchLoss, configure_deepspeed  # noqa: E402
 
 
 def measure(step, steps: int, warmup: int = 2) -> dict:
@@ -54,6 +48,41 @@ def measure(step, steps: int, warmup: int = 2) -> dict:
                 peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
 
 
+def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> dict:
+    """The launcher's training step in this process: accelerate + DeepSpeed ZeRO-2 bf16 (one rank, the launcher's
+    DeepSpeed settings), the default block settings; a profile of one step is written beside --out.
+
+    Last, because DeepSpeed casts the module to bf16 for good."""
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT="29517")
+    dit, device = model.dit, torch.device("cuda")
+    configure_blocks(dit, auto_checkpoint_blocks(dit, *shape, device, compiled=True), compile_blocks=True)
+    optimizer, scheduler = fresh_optimizer(torch.float32)
+    plugin = DeepSpeedPlugin(zero_stage=2, gradient_accumulation_steps=1, offload_optimizer_device="none",
+                             offload_param_device="none", zero3_init_flag=False)
+    accelerator = Accelerator(mixed_precision="bf16", deepspeed_plugin=plugin)
+    configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
+    engine, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    def step(i):
+        loss = engine({**cached}, noise_seed=i)
+        accelerator.backward(loss)  # DeepSpeed: backward, gradient reduction and the optimizer step
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        return loss.item()
+
+    result = measure(step, args.steps, warmup=3)
+    if args.out:
+        Path(args.out).with_suffix(".launcher_profile.txt").write_text(time_tables(lambda: step(0)))
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model_base_path", required=True)
@@ -63,6 +92,8 @@ def main() -> int:
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--checkpoint_blocks", default="30,auto", help="comma list of ints or 'auto'")
+    parser.add_argument("--deepspeed", action="store_true",
+                        help="also time the launcher's step: accelerate + DeepSpeed ZeRO-2, default blocks (GPU)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: a quick check on the tiny model
@@ -80,20 +111,22 @@ def main() -> int:
     torch.manual_seed(0)
     lora = add_lora(pipe.dit, args.lora_rank)
     tokens = video_tokens(*shape)
-    flops = dit_train_flops(pipe.dit, tokens)
+    flops = 3 * dit_forward_flops(pipe.dit, tokens)  # forward + backward; LoRA and recompute not counted
     results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__, shape=shape, tokens=tokens,
                    dit_train_tflop=flops / 1e12, runs={})
 
     initial_lora = [p.detach().clone() for p in lora]
 
     def fresh_optimizer(dtype):
-        """Same LoRA init, same seeds for every run, so the loss curves are comparable."""
+        """Same LoRA init, same seeds, same schedule (DiffSynth's: lr/3 for 5 steps) for every run, so the loss
+        curves are comparable."""
         for p, init in zip(lora, initial_lora):
             p.data = init.to(dtype).clone()
-        return torch.optim.AdamW(lora, lr=1e-4, weight_decay=1e-2)
+        optimizer = torch.optim.AdamW(lora, lr=1e-4, weight_decay=1e-2)
+        return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer)
 
     # Stock: LoRA in bf16, units every step, every block checkpointed (DiffSynth's use_gradient_checkpointing).
-    optimizer = fresh_optimizer(torch.bfloat16)
+    optimizer, scheduler = fresh_optimizer(torch.bfloat16)
     stock_inputs = dict(model.training_inputs, use_gradient_checkpointing=True)
 
     def stock_step(i):
@@ -107,6 +140,7 @@ def main() -> int:
         loss = FlowMatchSFTLoss(pipe, **shared, **posi)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad()
         return loss.item()
 
@@ -122,6 +156,7 @@ def main() -> int:
             loss = model({**cached}, noise_seed=i)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad()
         return loss.item()
 
@@ -129,24 +164,31 @@ def main() -> int:
         for compiled in (False, True) if device.type == "cuda" else (False,):
             blocks = auto_checkpoint_blocks(pipe.dit, *shape, device, compiled) if setting == "auto" else int(setting)
             configure_blocks(pipe.dit, blocks, compile_blocks=compiled)
-            optimizer = fresh_optimizer(torch.float32)
+            optimizer, scheduler = fresh_optimizer(torch.float32)
             name = f"ours_ckpt{blocks}{'_compiled' if compiled else ''}"
             try:
                 results["runs"][name] = measure(our_step, args.steps, warmup=3 if compiled else 2)
+                if device.type == "cuda":
+                    results["runs"][name]["attention_kernels"] = attention_kernels(lambda: our_step(0))
+                if device.type == "cuda" and compiled and setting == "auto" and args.out:
+                    Path(args.out).with_suffix(".bare_profile.txt").write_text(time_tables(lambda: our_step(0)))
             except torch.OutOfMemoryError:
                 results["runs"][name] = dict(error="out of memory")
+                torch.cuda.empty_cache()
             print(name, json.dumps(results["runs"][name]), flush=True)
-    configure_blocks(pipe.dit, len(pipe.dit.blocks), compile_blocks=False)
+    if args.deepspeed:
+        results["runs"]["launcher"] = deepspeed_run(model, cached, lora, fresh_optimizer, shape, args)
+        print("launcher", json.dumps(results["runs"]["launcher"]), flush=True)
 
     stock = results["runs"]["stock"]["seconds"]
     print(f"\n{results['gpu']}, torch {results['torch']}, {shape[0]}x{shape[1]}x{shape[2]} ({tokens} tokens)")
-    print(f"{'run':28s} {'s/sample':>9s} {'speed-up':>9s} {'peak GiB':>9s} {'DiT TFLOP/s':>12s}")
+    print(f"{'run':40s} {'s/sample':>9s} {'speed-up':>9s} {'peak GiB':>9s} {'DiT TFLOP/s':>12s}")
     for name, run in results["runs"].items():
         if "seconds" in run:
-            print(f"{name:28s} {run['seconds']:9.3f} {stock / run['seconds']:8.2f}x {run['peak_gib']:9.1f} "
+            print(f"{name:40s} {run['seconds']:9.3f} {stock / run['seconds']:8.2f}x {run['peak_gib']:9.1f} "
                   f"{flops / run['seconds'] / 1e12:12.0f}")
         else:
-            print(f"{name:28s} {run['error']}")
+            print(f"{name:40s} {run['error']}")
     print("losses (same seeds):", {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

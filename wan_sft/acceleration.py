@@ -4,6 +4,9 @@ DiffSynth checkpoints every block or none. Checkpointing only as many blocks as 
 the no-checkpointing speed. Measured on an H100 at 81x896x480 (8820 tokens), bf16, LoRA r32 (bench/RESULTS.md):
 a compiled, uncheckpointed 5B block keeps ~1.64 GiB of activations (~195 KiB per token), eager ~1.6x that;
 weights, LoRA, Adam and the checkpointed blocks take ~1.5x the DiT's weight bytes.
+
+Attention is left to PyTorch's SDPA: on Hopper it already runs cuDNN's fused kernels (bench/profiling.py shows
+which), so forcing a backend gains nothing there.
 """
 from __future__ import annotations
 
@@ -19,6 +22,13 @@ TRAINING_MEMORY_BUDGET = 60 * 2**30  # fits an 80 GB H100 with room for the allo
 def video_tokens(num_frames: int, height: int, width: int) -> int:
     """Sequence length of the DiT: VAE /4 in time (+1), /16 in space, then 2x2 patches."""
     return ((num_frames - 1) // 4 + 1) * (height // 32) * (width // 32)
+
+
+def dit_forward_flops(dit, tokens: int, context_tokens: int = 512) -> float:
+    """Matmul FLOPs of one DiT forward (LoRA not counted): block linears plus self- and cross-attention."""
+    linear = sum(p.numel() for name, p in dit.blocks.named_parameters() if name.endswith("weight") and p.dim() == 2
+                 and "lora_" not in name)
+    return 2 * tokens * linear + len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
 
 
 def auto_checkpoint_blocks(dit, num_frames: int, height: int, width: int, device: torch.device,
