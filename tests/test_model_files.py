@@ -1,5 +1,6 @@
 """The MODEL_BASE_PATH layout: checks before loading, and tiny weights loading through DiffSynth's real path."""
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +42,24 @@ def test_missing_tokenizer_and_unset_base(tiny_model, tmp_path):
         locate_model_files(copy)
     with pytest.raises(InputError, match="MODEL_BASE_PATH is not set"):
         locate_model_files(None)
+
+
+
+def test_pth_files_load_memory_mapped_with_the_same_weights_and_the_default_is_restored(tiny_model, monkeypatch):
+    """DiffSynth reads a .pth whole once to hash it and again to load it; mapped, neither pass copies the file."""
+    from torch.utils.serialization import config as serialization
+
+    mapped = {}
+    real_load = torch.load
+
+    def recording_load(path, *args, **kwargs):
+        mapped.setdefault(Path(path).name, []).append(kwargs.get("mmap", serialization.load.mmap))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    pipe = load_pipeline(tiny_model, "cpu", torch.float32)
+    assert mapped == {T5_FILE: [True, True], VAE_FILE: [True, True]}  # hash pass, load pass
+    assert serialization.load.mmap is False  # other torch.load calls keep torch's default
+    on_disk = real_load(tiny_model / T5_FILE, weights_only=True)
+    loaded = pipe.text_encoder.state_dict()
+    assert on_disk.keys() == loaded.keys() and all(torch.equal(on_disk[k], loaded[k]) for k in on_disk)

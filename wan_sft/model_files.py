@@ -107,7 +107,7 @@ def load_pipeline(base, device: str | torch.device, torch_dtype: torch.dtype, wi
         configs.append(ModelConfig(path=files.text_encoder))
     if with_vae:
         configs.append(ModelConfig(path=files.vae))
-    with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints a page per model file
+    with contextlib.redirect_stdout(io.StringIO()), _memory_mapped_torch_load():  # DiffSynth prints a page per file
         pipe = WanVideoPipeline.from_pretrained(
             torch_dtype=torch_dtype, device=device, model_configs=configs,
             tokenizer_config=ModelConfig(path=files.tokenizer_dir) if with_text_encoder else None,
@@ -119,6 +119,23 @@ def load_pipeline(base, device: str | torch.device, torch_dtype: torch.dtype, wi
         if model is not None:
             model.requires_grad_(False)  # DiffSynth leaves them trainable; training adds LoRA on top
     return pipe
+
+
+@contextlib.contextmanager
+def _memory_mapped_torch_load():
+    """Make DiffSynth's `torch.load` of the .pth files (T5, VAE) memory-mapped.
+
+    DiffSynth recognises a file by a hash of its keys and shapes, and for a .pth it reads the whole file to get
+    them, then reads it again to load it: the 11 GB T5 twice per process. Mapped, the hash reads only the pickled
+    index, the load reads each tensor once, and the ranks of one node share the page cache instead of each holding
+    a private copy while loading (bench/load_speed.py)."""
+    from torch.utils.serialization import config as serialization
+
+    before, serialization.load.mmap = serialization.load.mmap, True
+    try:
+        yield
+    finally:
+        serialization.load.mmap = before
 
 
 # ---------------------------------------------------------------- writing random-weight model folders
