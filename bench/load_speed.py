@@ -1,5 +1,5 @@
 """Loading a .pth model file through DiffSynth (hash of keys and shapes, then the load), torch's default read vs
-memory-mapped (`wan_sft.model_files._memory_mapped_torch_load`, what `load_pipeline` uses). CPU only, no GPU needed.
+memory-mapped (`wan_sft.model_files.memory_mapped_torch_load`, what `load_pipeline` uses). CPU only, no GPU needed.
 
     python bench/load_speed.py --dir /tmp/load_bench [--num_layers 8] [--repeats 3]
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from wan_sft.model_files import T5_FILE, _memory_mapped_torch_load, register_random_weights  # noqa: E402
+from wan_sft.model_files import T5_FILE, memory_mapped_torch_load, register_random_weights  # noqa: E402
 
 REGISTRY = "registry.json"
 
@@ -44,7 +44,7 @@ def write_text_encoder(folder: Path, num_layers: int) -> Path:
     torch.save({k: torch.randn(shape, generator=generator).to(torch.bfloat16) for k, shape in shapes.items()}, path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())  # clean pages, so that dropping them from the page cache works
-    with _memory_mapped_torch_load():
+    with memory_mapped_torch_load():
         model_hash = hash_model_file(str(path))
     (folder / REGISTRY).write_text(json.dumps([dict(
         model_hash=model_hash, model_name="wan_video_text_encoder",
@@ -100,7 +100,7 @@ def measure_once(folder: Path, what: str, mapped: bool) -> dict:
     path = str(folder / T5_FILE)
     register_random_weights(str(folder / REGISTRY))
     start = time.perf_counter()
-    with _memory_mapped_torch_load() if mapped else contextlib.nullcontext(), \
+    with memory_mapped_torch_load() if mapped else contextlib.nullcontext(), \
             contextlib.redirect_stdout(sys.stderr), PeakPrivateMemory() as memory:
         if what == "hash":
             hash_model_file(path)

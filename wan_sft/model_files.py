@@ -107,7 +107,7 @@ def load_pipeline(base, device: str | torch.device, torch_dtype: torch.dtype, wi
         configs.append(ModelConfig(path=files.text_encoder))
     if with_vae:
         configs.append(ModelConfig(path=files.vae))
-    with contextlib.redirect_stdout(io.StringIO()), _memory_mapped_torch_load():  # DiffSynth prints a page per file
+    with contextlib.redirect_stdout(io.StringIO()), memory_mapped_torch_load():  # DiffSynth prints a page per file
         pipe = WanVideoPipeline.from_pretrained(
             torch_dtype=torch_dtype, device=device, model_configs=configs,
             tokenizer_config=ModelConfig(path=files.tokenizer_dir) if with_text_encoder else None,
@@ -122,7 +122,7 @@ def load_pipeline(base, device: str | torch.device, torch_dtype: torch.dtype, wi
 
 
 @contextlib.contextmanager
-def _memory_mapped_torch_load():
+def memory_mapped_torch_load():
     """Make DiffSynth's `torch.load` of the .pth files (T5, VAE) memory-mapped.
 
     DiffSynth recognises a file by a hash of its keys and shapes, and for a .pth it reads the whole file to get
