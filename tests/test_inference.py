@@ -106,3 +106,20 @@ def test_missing_model_and_lora_files_are_errors(tiny_model, puzzle, tmp_path, c
     assert "is not a directory" in capsys.readouterr().err
     assert main(_argv(tiny_model, puzzle, tmp_path / "x.mp4", "--lora_path", str(tmp_path / "none.safetensors"))) == 2
     assert "LoRA file not found" in capsys.readouterr().err
+
+
+def test_generation_decodes_untiled_unless_asked_for_tiles(tiny_model, puzzle, monkeypatch):
+    """Evaluation and inference.py decode the whole video at once (faster); validation beside training asks for tiles."""
+    pipe, _ = load_generator(tiny_model, None, "cpu")
+    real_decode, tiled_flags = pipe.vae.decode, []
+
+    def recording_decode(*args, **kwargs):
+        tiled_flags.append(kwargs["tiled"])
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", recording_decode)
+    settings = GenerationSettings(FRAMES, H, W, 1)
+    untiled = generate(pipe, read_image(puzzle), MAZE_PROMPT, settings)
+    tiled = generate(pipe, read_image(puzzle), MAZE_PROMPT, settings, tiled_decode=True)
+    assert tiled_flags == [False, True]
+    assert len(untiled) == len(tiled) == FRAMES and untiled[-1].size == tiled[-1].size == (W, H)
