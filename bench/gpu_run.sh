@@ -6,6 +6,9 @@
 #   bash bench/gpu_run.sh train_steady N # train_single_node.sh defaults on N GPUs, 24 steps: median s/step
 #   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs (eval: the latter only;
 #                                      EVAL_LIMIT puzzles, default 6)
+#   bash bench/gpu_run.sh infer        # bench/infer_speed.py alone: stock vs ours bf16 vs ours --fp8, one run
+#   bash bench/gpu_run.sh train_fp8 N  # bench/train_speed.py: stock, ours bf16, ours --fp8_base, N-step loss curves
+#   bash bench/gpu_run.sh train_steady N [FLAGS]  # as above, with extra training flags (e.g. --fp8_base)
 # Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,12 +46,18 @@ case "${1:?stage}" in
       cp "$run/train_log.jsonl" "$OUT/train_log_${gpus}gpu.jsonl"; ls "$run" "$run/states" >> "$OUT/train_${gpus}gpu.log.second"
     done;;
   train_steady)
-    run="$WORK/steady${2:-1}"; rm -rf "$run"
+    gpus="${2:-1}"; shift 2 || shift $#; name="${gpus}gpu$(echo "$*" | tr -d ' -')"
+    run="$WORK/steady_$name"; rm -rf "$run"
     bash train_single_node.sh --dataset "$DATA/train.csv" --output_dir "$run" --model_base_path "$MODEL" \
-      --num_gpus "${2:-1}" --num_epochs 100 --max_steps 24 --save_steps 1000 > "$OUT/steady_${2:-1}gpu.log" 2>&1
-    tail -3 "$OUT/steady_${2:-1}gpu.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_${2:-1}gpu.jsonl"
+      --num_gpus "$gpus" --num_epochs 100 --max_steps 24 --save_steps 1000 "$@" > "$OUT/steady_$name.log" 2>&1
+    tail -3 "$OUT/steady_$name.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_$name.jsonl"
     python3 -c "import json, statistics, sys; rows = [json.loads(l) for l in open(sys.argv[1])][4:]
 print(f'median s/step over steps 5-{len(rows) + 4}: {statistics.median(r[\"step_seconds\"] for r in rows):.3f}, peak {max(r[\"peak_memory_gib\"] for r in rows):.1f} GiB')" "$run/train_log.jsonl";;
+  infer)
+    python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
+  train_fp8)
+    python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks "${CKPT:-auto}" --fp8 \
+      --loss_steps "${2:-200}" --out "$OUT/train_speed_fp8.json" 2>&1 | grep -v Warning | tail -30;;
   infer_eval|eval)
     [ "$1" = eval ] || python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
     for gpus in 0 0,1; do

@@ -2,9 +2,11 @@
 
     python bench/infer_speed.py --model_base_path /path/to/5b [--num_inference_steps 50 --cfg_scale 5]
 
-Runs, on the same pipeline and seed: stock, and ours as parallel_eval.py generates (compiled DiT blocks, untiled VAE
-decode). For each: seconds per video, split into the fixed part (T5, VAE encode/decode) and per denoising step, the
-DiT's achieved TFLOP/s, the PSNR of the decoded frames against stock, and the attention kernels that ran.
+Runs, on the same pipeline and seed: stock, ours as parallel_eval.py generates (compiled DiT blocks, untiled VAE
+decode), and ours with `--fp8` (approximate: DiT block linears in FP8, wan_sft/fp8.py). For each: seconds per video,
+split into the fixed part (T5, VAE encode/decode) and per denoising step, the DiT's achieved TFLOP/s (FP8 counted
+like bf16), the PSNR of the decoded frames against stock and against ours bf16, the per-frame agreement of the
+eyeballing scorer's red mask with ours bf16 (the scorer's view), and the attention kernels that ran.
 Then VAE decode alone, tiled (DiffSynth's default) vs untiled: time, peak memory, PSNR.
 Measured once and not kept: both cfg branches in one batch (DiffSynth's cfg_merge) was 1.6% faster (bench/RESULTS.md).
 """
@@ -23,8 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels  # noqa: E402
 from wan_sft.acceleration import configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
+from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.inference import GenerationSettings, generate, load_generator, read_image  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
+from wan_sft.scoring import eyeballing_red_mask  # noqa: E402
 
 
 def psnr(x: np.ndarray, y: np.ndarray) -> float:
@@ -39,6 +43,19 @@ def timed(call) -> tuple[float, object]:
     result = call()
     torch.cuda.synchronize()
     return time.perf_counter() - start, result
+
+
+def red_mask_agreement(frames: np.ndarray, reference: np.ndarray) -> dict:
+    """Per frame, the share of pixels where the eyeballing red mask agrees, and the IoU of the masks where either
+    has red; means over frames."""
+    agree, ious = [], []
+    for frame, ref in zip(frames, reference):
+        a, b = eyeballing_red_mask(frame), eyeballing_red_mask(ref)
+        agree.append(float((a == b).mean()))
+        if (a | b).any():
+            ious.append(float((a & b).sum() / (a | b).sum()))
+    return dict(pixel_agreement=float(np.mean(agree)), mean_iou=float(np.mean(ious)) if ious else None,
+                frames_with_red=len(ious))
 
 
 class StockCall:
@@ -69,12 +86,15 @@ def main() -> int:
     step_flops = forwards_per_step * dit_forward_flops(
         pipe.dit, video_tokens(settings.num_frames, settings.height, settings.width))
 
-    variants = [  # name, what generate() calls, compile blocks
-        ("stock DiffSynth pipeline (tiled VAE decode)", StockCall(pipe), False),
-        ("ours: compiled DiT blocks, untiled VAE decode", pipe, True),
+    variants = [  # name, what generate() calls, compile blocks, FP8
+        ("stock DiffSynth pipeline (tiled VAE decode)", StockCall(pipe), False, False),
+        ("ours: compiled DiT blocks, untiled VAE decode", pipe, True, False),
+        ("ours --fp8 (approximate)", pipe, True, True),
     ]
-    runs, stock_frames = {}, None
-    for name, runner, compiled in variants:
+    runs, stock_frames, bf16_frames = {}, None, None
+    for name, runner, compiled, fp8 in variants:
+        if fp8:
+            print("FP8 linears:", convert_block_linears(pipe.dit), flush=True)
         if compiled:
             configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
         torch.cuda.reset_peak_memory_stats()
@@ -85,10 +105,14 @@ def main() -> int:
         frames = np.stack([np.asarray(frame) for frame in frames])
         per_step = (seconds - one_seconds) / (settings.num_inference_steps - 1)
         stock_frames = frames if stock_frames is None else stock_frames
+        bf16_frames = frames if compiled and not fp8 else bf16_frames
         runs[name] = dict(seconds=seconds, per_step_seconds=per_step, fixed_seconds=one_seconds - per_step,
                           dit_tflops=step_flops / per_step / 1e12, warmup_seconds=warmup_seconds,
                           peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                           psnr_vs_stock_db=psnr(stock_frames, frames), attention_kernels=kernels)
+        if bf16_frames is not None:
+            runs[name].update(psnr_vs_bf16_db=psnr(bf16_frames, frames),
+                              red_mask_vs_bf16=red_mask_agreement(frames, bf16_frames))
         print(name, json.dumps(runs[name]), flush=True)
 
     latents = torch.randn(1, 48, (settings.num_frames - 1) // 4 + 1, settings.height // 16, settings.width // 16,
@@ -111,10 +135,13 @@ def main() -> int:
                   cfg=args.cfg_scale, dit_step_tflop=step_flops / 1e12, runs=runs, vae_decode=vae)
     print(json.dumps(result, indent=1))
     print(f"\n{result['gpu']}, torch {result['torch']}, {args.num_inference_steps} steps, cfg {args.cfg_scale}")
-    print(f"{'run':50s} {'s/video':>8s} {'vs stock':>9s} {'s/step':>7s} {'fixed s':>8s} {'TFLOP/s':>8s} {'PSNR dB':>8s}")
+    bf16 = runs[variants[1][0]]["seconds"]
+    print(f"{'run':50s} {'s/video':>8s} {'vs stock':>9s} {'vs bf16':>8s} {'s/step':>7s} {'fixed s':>8s} "
+          f"{'TFLOP/s':>8s} {'PSNR/stock':>11s} {'PSNR/bf16':>10s}")
     for name, run in runs.items():
-        print(f"{name:50s} {run['seconds']:8.1f} {stock / run['seconds']:8.2f}x {run['per_step_seconds']:7.3f} "
-              f"{run['fixed_seconds']:8.2f} {run['dit_tflops']:8.0f} {run['psnr_vs_stock_db']:8.1f}")
+        print(f"{name:50s} {run['seconds']:8.1f} {stock / run['seconds']:8.2f}x {bf16 / run['seconds']:7.2f}x "
+              f"{run['per_step_seconds']:7.3f} {run['fixed_seconds']:8.2f} {run['dit_tflops']:8.0f} "
+              f"{run['psnr_vs_stock_db']:11.1f} {run.get('psnr_vs_bf16_db', float('nan')):10.1f}")
     print(f"VAE decode: tiled {vae['tiled_seconds']:.2f} s (+{vae['tiled_extra_gib']:.1f} GiB), untiled "
           f"{vae['untiled_seconds']:.2f} s (+{vae['untiled_extra_gib']:.1f} GiB), PSNR {untiled_psnr:.1f} dB vs tiled")
     if args.out:

@@ -5,8 +5,15 @@ stock: every step runs DiffSynth's pipeline units (VAE + T5 encode) and FlowMatc
 ours:  inputs from the latent cache (T5 and VAE dropped), LoRA + AdamW state in fp32 under bf16 autocast,
        compiled blocks, selective checkpointing (several settings, each measured); with --deepspeed also the
        launcher's step (accelerate + DeepSpeed ZeRO-2 with train.configure_deepspeed's settings).
+fp8:   with --fp8, the same as ours after the frozen block linears go to FP8 (`--fp8_base`, approximate).
+losses: with --loss_steps N, N steps of ours bf16 and then of ours FP8 from the same LoRA init and the same noise
+       seeds; the smoothed losses (moving average of 20) are compared: mean and max relative difference.
 
-    python bench/train_speed.py --model_base_path /path/to/5b [--steps 6] [--checkpoint_blocks 30,12,auto]
+TFLOP/s count the matmuls a step executes (acceleration.dit_training_flops: forward, input gradients of the block
+linears, attention's backward, the recomputed forward of checkpointed blocks); the frozen base computes no weight
+gradients, so this is not 3x the forward.
+
+    python bench/train_speed.py --model_base_path /path/to/5b [--steps 6] [--checkpoint_blocks 30,12,auto] [--fp8]
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels, time_tables  # noqa: E402
-from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
+from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_training_flops, video_tokens  # noqa: E402
+from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.data import load_clip  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
 from wan_sft.model_files import load_pipeline  # noqa: E402
@@ -46,6 +54,16 @@ def measure(step, steps: int, warmup: int = 2) -> dict:
         times.append(time.perf_counter() - start)
     return dict(seconds=statistics.median(times), all_seconds=times, losses=losses,
                 peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+
+
+def compare_losses(reference: list[float], other: list[float], window: int = 20) -> dict:
+    """Mean and max relative difference of the two loss curves after a moving average of `window` steps."""
+    from wan_sft.report import moving_average
+
+    ref, oth = moving_average(reference, window), moving_average(other, window)
+    rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth)]
+    return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel),
+                raw_mean_relative=statistics.mean(abs(o - r) / abs(r) for r, o in zip(reference, other)))
 
 
 def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> dict:
@@ -94,6 +112,10 @@ def main() -> int:
     parser.add_argument("--checkpoint_blocks", default="30,auto", help="comma list of ints or 'auto'")
     parser.add_argument("--deepspeed", action="store_true",
                         help="also time the launcher's step: accelerate + DeepSpeed ZeRO-2, default blocks (GPU)")
+    parser.add_argument("--fp8", action="store_true", help="also time the FP8 base (--fp8_base) after the bf16 runs")
+    parser.add_argument("--loss_steps", type=int, default=0,
+                        help="compare N-step same-seed loss curves, ours bf16 vs ours FP8 (needs --fp8)")
+    parser.add_argument("--skip_stock", action="store_true", help="do not time the stock loop")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: a quick check on the tiny model
@@ -111,9 +133,8 @@ def main() -> int:
     torch.manual_seed(0)
     lora = add_lora(pipe.dit, args.lora_rank)
     tokens = video_tokens(*shape)
-    flops = 3 * dit_forward_flops(pipe.dit, tokens)  # forward + backward; LoRA and recompute not counted
-    results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__, shape=shape, tokens=tokens,
-                   dit_train_tflop=flops / 1e12, runs={})
+    results = dict(gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+                   shape=shape, tokens=tokens, runs={})
 
     initial_lora = [p.detach().clone() for p in lora]
 
@@ -144,8 +165,10 @@ def main() -> int:
         optimizer.zero_grad()
         return loss.item()
 
-    results["runs"]["stock"] = measure(stock_step, args.steps)
-    print("stock", json.dumps(results["runs"]["stock"]), flush=True)
+    if not args.skip_stock:
+        results["runs"]["stock"] = measure(stock_step, args.steps)
+        results["runs"]["stock"]["checkpointed"] = len(pipe.dit.blocks)
+        print("stock", json.dumps(results["runs"]["stock"]), flush=True)
 
     # Ours: cached inputs, fp32 LoRA + Adam under bf16 autocast, only the DiT resident.
     cached = {k: v for k, v in model.encode(sample).items() if k in ("input_latents", "first_frame_latents", "context")}
@@ -160,33 +183,58 @@ def main() -> int:
         optimizer.zero_grad()
         return loss.item()
 
-    for setting in args.checkpoint_blocks.split(","):
-        for compiled in (False, True) if device.type == "cuda" else (False,):
-            blocks = auto_checkpoint_blocks(pipe.dit, *shape, device, compiled) if setting == "auto" else int(setting)
-            configure_blocks(pipe.dit, blocks, compile_blocks=compiled)
-            optimizer, scheduler = fresh_optimizer(torch.float32)
-            name = f"ours_ckpt{blocks}{'_compiled' if compiled else ''}"
-            try:
-                results["runs"][name] = measure(our_step, args.steps, warmup=3 if compiled else 2)
-                if device.type == "cuda":
-                    results["runs"][name]["attention_kernels"] = attention_kernels(lambda: our_step(0))
-                if device.type == "cuda" and compiled and setting == "auto" and args.out:
-                    Path(args.out).with_suffix(".bare_profile.txt").write_text(time_tables(lambda: our_step(0)))
-            except torch.OutOfMemoryError:
-                results["runs"][name] = dict(error="out of memory")
-                torch.cuda.empty_cache()
-            print(name, json.dumps(results["runs"][name]), flush=True)
+    def ours(setting, compiled, name):
+        nonlocal optimizer, scheduler
+        blocks = auto_checkpoint_blocks(pipe.dit, *shape, device, compiled) if setting == "auto" else int(setting)
+        configure_blocks(pipe.dit, blocks, compile_blocks=compiled)
+        optimizer, scheduler = fresh_optimizer(torch.float32)
+        name = f"{name}_ckpt{blocks}{'_compiled' if compiled else ''}"
+        try:
+            results["runs"][name] = dict(measure(our_step, args.steps, warmup=3 if compiled else 2), checkpointed=blocks)
+            if device.type == "cuda":
+                results["runs"][name]["attention_kernels"] = attention_kernels(lambda: our_step(0))
+            if device.type == "cuda" and compiled and setting == "auto" and args.out:
+                Path(args.out).with_suffix(f".{name}_profile.txt").write_text(time_tables(lambda: our_step(0)))
+        except torch.OutOfMemoryError:
+            results["runs"][name] = dict(error="out of memory")
+            torch.cuda.empty_cache()
+        print(name, json.dumps(results["runs"][name]), flush=True)
+
+    def loss_curve(name):
+        """--loss_steps steps from the same LoRA init with the same noise seeds (default blocks, compiled on GPU)."""
+        nonlocal optimizer, scheduler
+        configure_blocks(pipe.dit, auto_checkpoint_blocks(pipe.dit, *shape, device, device.type == "cuda"),
+                         compile_blocks=device.type == "cuda")
+        optimizer, scheduler = fresh_optimizer(torch.float32)
+        results.setdefault("losses", {})[name] = [our_step(i) for i in range(args.loss_steps)]
+
+    settings = [(setting, compiled) for setting in args.checkpoint_blocks.split(",")
+                for compiled in ((False, True) if device.type == "cuda" else (False,))]
+    for setting, compiled in settings:
+        ours(setting, compiled, "ours")
+    if args.fp8 and args.loss_steps:
+        loss_curve("bf16")
+    if args.fp8:
+        print("FP8 base linears:", convert_block_linears(pipe.dit, training=True), flush=True)
+        for setting, compiled in settings:
+            if compiled or device.type != "cuda":
+                ours(setting, compiled, "fp8")
+        if args.loss_steps:
+            loss_curve("fp8")
+            results["loss_comparison"] = compare_losses(results["losses"]["bf16"], results["losses"]["fp8"])
+            print("smoothed-loss difference, fp8 vs bf16:", json.dumps(results["loss_comparison"]), flush=True)
     if args.deepspeed:
         results["runs"]["launcher"] = deepspeed_run(model, cached, lora, fresh_optimizer, shape, args)
         print("launcher", json.dumps(results["runs"]["launcher"]), flush=True)
 
-    stock = results["runs"]["stock"]["seconds"]
+    stock = results["runs"]["stock"]["seconds"] if "stock" in results["runs"] else float("nan")
     print(f"\n{results['gpu']}, torch {results['torch']}, {shape[0]}x{shape[1]}x{shape[2]} ({tokens} tokens)")
-    print(f"{'run':40s} {'s/sample':>9s} {'speed-up':>9s} {'peak GiB':>9s} {'DiT TFLOP/s':>12s}")
+    print(f"{'run':40s} {'s/sample':>9s} {'vs stock':>9s} {'peak GiB':>9s} {'DiT TFLOP/s':>12s}")
     for name, run in results["runs"].items():
         if "seconds" in run:
+            run["dit_tflops"] = dit_training_flops(pipe.dit, tokens, run["checkpointed"]) / run["seconds"] / 1e12
             print(f"{name:40s} {run['seconds']:9.3f} {stock / run['seconds']:8.2f}x {run['peak_gib']:9.1f} "
-                  f"{flops / run['seconds'] / 1e12:12.0f}")
+                  f"{run['dit_tflops']:12.0f}")
         else:
             print(f"{name:40s} {run['error']}")
     print("losses (same seeds):", {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})

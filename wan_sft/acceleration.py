@@ -24,11 +24,39 @@ def video_tokens(num_frames: int, height: int, width: int) -> int:
     return ((num_frames - 1) // 4 + 1) * (height // 32) * (width // 32)
 
 
+def _linear_weights(dit) -> tuple[int, int]:
+    """Weights of the block linears applied to video tokens, and of those applied to the text context (the cross-
+    attention's k and v). FP8 linears count like the bf16 ones they replace; LoRA is not counted."""
+    video = context = 0
+    for name, module in dit.blocks.named_modules():
+        if "lora_" in name or not hasattr(module, "in_features") or hasattr(module, "base_layer"):
+            continue
+        weights = module.in_features * module.out_features
+        if name.endswith(("cross_attn.k", "cross_attn.v", "cross_attn.k.base_layer", "cross_attn.v.base_layer")):
+            context += weights
+        else:
+            video += weights
+    return video, context
+
+
 def dit_forward_flops(dit, tokens: int, context_tokens: int = 512) -> float:
-    """Matmul FLOPs of one DiT forward (LoRA not counted): block linears plus self- and cross-attention."""
-    linear = sum(p.numel() for name, p in dit.blocks.named_parameters() if name.endswith("weight") and p.dim() == 2
-                 and "lora_" not in name)
-    return 2 * tokens * linear + len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
+    """Matmul FLOPs of one DiT forward (LoRA not counted): block linears (the cross-attention's k, v on the context
+    only) plus self- and cross-attention."""
+    video, context = _linear_weights(dit)
+    attention = len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
+    return 2 * tokens * video + 2 * context_tokens * context + attention
+
+
+def dit_training_flops(dit, tokens: int, checkpointed_blocks: int, context_tokens: int = 512) -> float:
+    """Matmul FLOPs of one LoRA training step, counted as executed: the forward; the linears' input gradients (the
+    frozen base needs no weight gradients: one matmul each, not two); attention's backward (twice its forward);
+    the forward again for checkpointed blocks. Not 3x the forward, which would count weight gradients never
+    computed."""
+    video, context = _linear_weights(dit)
+    attention = len(dit.blocks) * 4 * tokens * (tokens + context_tokens) * dit.dim
+    forward = dit_forward_flops(dit, tokens, context_tokens)
+    input_gradients = 2 * tokens * video  # the context's k, v need none: the context is not trained
+    return forward + input_gradients + 2 * attention + forward * checkpointed_blocks / len(dit.blocks)
 
 
 def auto_checkpoint_blocks(dit, num_frames: int, height: int, width: int, device: torch.device,
@@ -38,7 +66,7 @@ def auto_checkpoint_blocks(dit, num_frames: int, height: int, width: int, device
     if device.type != "cuda":
         return blocks
     budget = min(TRAINING_MEMORY_BUDGET, 0.8 * torch.cuda.get_device_properties(device).total_memory)
-    base = 1.5 * sum(p.numel() * p.element_size() for p in dit.parameters())
+    base = 1.5 * sum(t.numel() * t.element_size() for t in [*dit.parameters(), *dit.buffers()])  # buffers: FP8
     per_block = video_tokens(num_frames, height, width) * ACTIVATION_BYTES_PER_TOKEN * dit.dim / 3072
     per_block *= 1 if compiled else EAGER_ACTIVATION_FACTOR
     free_blocks = int(max(0.0, budget - base) // per_block)

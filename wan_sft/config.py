@@ -51,6 +51,9 @@ def add_training_args(parser) -> None:
     parser.add_argument("--checkpoint_blocks", type=int, default=None,
                         help="DiT blocks to run with activation checkpointing (default: as few as fit in 60 GiB; all on CPU)")
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
+    parser.add_argument("--fp8_base", action="store_true",
+                        help="APPROXIMATE, faster on Hopper GPUs: the frozen DiT block linears under the LoRA in FP8 "
+                             "(forward and input gradients; e4m3, row-wise scales); the LoRA and AdamW stay fp32")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
     parser.add_argument("--val_dataset_root", default=None,
                         help="VLMPuzzle dataset root: generate + score held-out puzzles during training (default: off)")

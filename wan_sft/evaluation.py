@@ -199,6 +199,7 @@ class GenerationJob:
     fps: int
     output_dir: str
     compile_blocks: bool
+    fp8: bool = False
 
 
 def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict:
@@ -270,7 +271,7 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
         device = f"cuda:{spec.gpu}"
     try:
         pipe, fused = load_generator(job.model_base_path, job.lora_path, device,
-                                     compile_blocks=job.compile_blocks and device.startswith("cuda"))
+                                     compile_blocks=job.compile_blocks and device.startswith("cuda"), fp8=job.fp8)
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which names it
         conn.send(("load_failed", None, _describe(error)))
         return
@@ -503,7 +504,8 @@ def run_settings(args) -> dict:
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-            "negative_prompt": args.negative_prompt, "fps": args.fps}
+            "negative_prompt": args.negative_prompt, "fps": args.fps,
+            "fp8": "approximate: DiT block linears in FP8 (--fp8)" if args.fp8 else False}
 
 
 def evaluate(argv) -> int:
@@ -555,7 +557,7 @@ def evaluate(argv) -> int:
         problems = {}
     elif todo:
         job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),
-                            compile_blocks=not args.no_compile)
+                            compile_blocks=not args.no_compile, fp8=args.fp8)
         problems = run_workers(todo, specs, job, on_result, log=bar.write)
     else:
         problems = {}

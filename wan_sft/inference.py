@@ -57,6 +57,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg_scale", type=float, default=5.0)
     parser.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
     parser.add_argument("--fps", type=int, default=16, help="frame rate written into the mp4")
+    parser.add_argument("--fp8", action="store_true",
+                        help="APPROXIMATE, faster on Hopper GPUs: the DiT block linears in FP8 (e4m3, row-wise scales) "
+                             "after the LoRA is fused; outputs differ from bf16 (bench/RESULTS.md)")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -108,10 +111,11 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"{path}: not a readable image ({error.__class__.__name__}: {error})") from None
 
 
-def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool = False):
+def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool = False, fp8: bool = False):
     """The pipeline (bf16 on GPU, fp32 on CPU) with the LoRA fused in; returns (pipe, fused layer count, 0 = none).
 
     `compile_blocks` torch.compiles each DiT block: worth it for many videos (evaluation), not for one.
+    `fp8` (approximate) puts the DiT block linears in FP8 after the LoRA is fused (wan_sft/fp8.py).
     """
     from .acceleration import configure_blocks
     from .lora import fuse_lora
@@ -121,6 +125,10 @@ def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool
     pipe = load_pipeline(model_base_path, device, dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints its own count; callers report ours
         fused = fuse_lora(pipe, lora_path) if lora_path else 0
+    if fp8:
+        from .fp8 import convert_block_linears
+
+        convert_block_linears(pipe.dit)
     if compile_blocks:
         configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
     return pipe, fused
@@ -180,7 +188,7 @@ def main(argv=None) -> int:
             raise InputError(f"--output {output} must end in .mp4 (the last frame is written beside it as PNG)")
         if output.is_dir():
             raise InputError(f"--output {output} is a directory; name the mp4 file")
-        pipe, fused = load_generator(args.model_base_path, args.lora_path, args.device)
+        pipe, fused = load_generator(args.model_base_path, args.lora_path, args.device, fp8=args.fp8)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

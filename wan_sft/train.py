@@ -21,6 +21,7 @@ from . import cache, checkpoints, config
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fsutil import atomic_write
+from .fp8 import convert_block_linears
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
     lora_params = add_lora(pipe.dit, args.lora_rank)
     if args.lora_checkpoint:
         warm_start(pipe.dit, args.lora_checkpoint)
+    if args.fp8_base:
+        convert_block_linears(pipe.dit, training=True)
     compiled = accelerator.device.type == "cuda" and not args.no_compile
     checkpointed = args.checkpoint_blocks
     if checkpointed is None:

@@ -1,0 +1,112 @@
+"""Opt-in FP8 for the DiT's block linears (q, k, v, o of both attentions, ffn.0, ffn.2): APPROXIMATE, not bf16.
+
+Generation (`--fp8`): the LoRA is fused into the bf16 weights first, then each block linear keeps only an FP8
+e4m3 copy of its weight with one scale per output row, and activations are quantised per token (row-wise
+dynamic scaling); the matmul is `torch._scaled_mm` on the GPU. Training (`--fp8_base`): the frozen base linears
+under the LoRA do the same in the forward, and the input gradient (grad_out x W) runs in FP8 too, against a
+second copy of W scaled per input column; the LoRA and its optimizer stay as they are. The base weights need no
+gradient, so no weight-gradient matmul exists to quantise.
+
+Why not torchao's float8: its row-wise inference path refuses to run without a CUDA >= 8.9 device, so nothing of
+it could be tested on our CPU CI, and its training path also schedules weight-gradient work for frozen weights.
+On the CPU (tests) the same quantised values are multiplied after dequantising: equal to `_scaled_mm` up to the
+order of summation, so the tests pin the quantisation itself.
+
+The FP8 bits and the fp32 scales are held as integer views: DeepSpeed and DiffSynth cast every floating tensor of
+a module to bf16, which would destroy both.
+"""
+from __future__ import annotations
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+BLOCK_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                 "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 e4m3 values and fp32 scales (one per row) with t ~= values * scales."""
+    scale = t.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_t: torch.Tensor, b_scale: torch.Tensor,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """(a * a_scale) @ (b_t * b_scale).T for FP8 a [M, K] (row scales [M, 1]) and b_t [N, K] (row scales [N, 1])."""
+    if a.is_cuda:
+        return torch._scaled_mm(a, b_t.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype)
+    return ((a.float() * a_scale) @ (b_t.float() * b_scale).t()).to(out_dtype)
+
+
+class _Fp8Matmul(torch.autograd.Function):
+    """x @ W.T with W frozen: FP8 forward, FP8 input gradient, no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, weight_scale, weight_t, weight_t_scale):
+        x_fp8, x_scale = quantize_rows(x)
+        ctx.save_for_backward(weight_t, weight_t_scale)
+        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight_t, weight_t_scale = ctx.saved_tensors
+        grad_fp8, grad_scale = quantize_rows(grad_out)
+        return scaled_matmul(grad_fp8, grad_scale, weight_t, weight_t_scale, grad_out.dtype), None, None, None, None
+
+
+class Fp8Linear(torch.nn.Module):
+    """A frozen nn.Linear as FP8 weights with row-wise scales (plus the transposed copy when training)."""
+
+    def __init__(self, linear: torch.nn.Linear, training: bool):
+        super().__init__()
+        weight = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        values, scales = quantize_rows(weight)
+        self.register_buffer("weight_bits", values.view(torch.uint8))
+        self.register_buffer("scale_bits", scales.view(torch.int32))
+        self.training_copy = training
+        if training:
+            values_t, scales_t = quantize_rows(weight.t())
+            self.register_buffer("weight_t_bits", values_t.contiguous().view(torch.uint8))
+            self.register_buffer("scale_t_bits", scales_t.view(torch.int32))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        weight, scale = self.weight_bits.view(FP8), self.scale_bits.view(torch.float32)
+        if self.training_copy and torch.is_grad_enabled() and x.requires_grad:
+            out = _Fp8Matmul.apply(rows, weight, scale, self.weight_t_bits.view(FP8),
+                                   self.scale_t_bits.view(torch.float32))
+        else:
+            x_fp8, x_scale = quantize_rows(rows)
+            out = scaled_matmul(x_fp8, x_scale, weight, scale, x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3 row-wise"
+
+
+def convert_block_linears(dit: torch.nn.Module, training: bool = False) -> int:
+    """Replace the block linears of the DiT with Fp8Linear; under a peft LoRA layer, its frozen base layer.
+
+    Returns how many were replaced. The bf16 weights are dropped (the FP8 copies replace them).
+    """
+    replaced = 0
+    for block in dit.blocks:
+        for name in BLOCK_LINEARS:
+            parent_name, _, child = name.rpartition(".")
+            parent = block.get_submodule(parent_name)
+            module = getattr(parent, child) if not child.isdigit() else parent[int(child)]
+            if hasattr(module, "base_layer"):  # peft LoRA wrapper: only its frozen base goes to FP8
+                parent, child, module = module, "base_layer", module.base_layer
+            if isinstance(module, torch.nn.Linear):
+                fp8 = Fp8Linear(module, training)
+                if child.isdigit():
+                    parent[int(child)] = fp8
+                else:
+                    setattr(parent, child, fp8)
+                replaced += 1
+    return replaced
