@@ -57,7 +57,7 @@ print(f'median s/step over steps 5-{len(rows) + 4}: {statistics.median(r[\"step_
     python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
   train_fp8)
     python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks "${CKPT:-auto}" --fp8 \
-      --loss_steps "${2:-200}" --out "$OUT/train_speed_fp8.json" 2>&1 | grep -v Warning | tail -30;;
+      --loss_steps "${2:-200}" ${SKIP_STOCK:+--skip_stock} --out "$OUT/train_speed_fp8.json" 2>&1 | grep -v Warning | tail -30;;
   infer_eval|eval)
     [ "$1" = eval ] || python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
     for gpus in 0 0,1; do

@@ -62,8 +62,7 @@ def compare_losses(reference: list[float], other: list[float], window: int = 20)
 
     ref, oth = moving_average(reference, window), moving_average(other, window)
     rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth)]
-    return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel),
-                raw_mean_relative=statistics.mean(abs(o - r) / abs(r) for r, o in zip(reference, other)))
+    return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel))
 
 
 def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> dict:
