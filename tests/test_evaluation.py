@@ -103,7 +103,7 @@ def test_bad_inputs_fail_before_any_worker(dataset, tiny_model, tmp_path, capsys
 
 def test_bad_dataset_inputs(tmp_path, dataset, capsys):
     assert main(["--dataset_root", str(tmp_path)]) == 2
-    assert f"error: {tmp_path}: no data.json found below it; pass the VLMPuzzle dataset root" in capsys.readouterr().err
+    assert f"error: {tmp_path}: no puzzle dataset found; looked for data.json" in capsys.readouterr().err
     ids = tmp_path / "ids.txt"
     ids.write_text("maze_square/nope\n")
     assert main(["--dataset_root", str(dataset), "--candidates_dir", str(tmp_path), "--ids_file", str(ids)]) == 2

@@ -165,11 +165,13 @@ def test_strict_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout, message", [
-    ({}, "{root}: no data.json found below it; pass the VLMPuzzle dataset root (task folders each holding data.json)"),
+    ({}, "{root}: no puzzle dataset found; looked for data.json (a task folder), <task>/data.json (VLMPuzzle "
+         "layout), tasks/<task>/data.json (VideoThinkBench layout), or either layout one folder further down (a "
+         "folder of several roots)"),
     ({"t/data.json": {"id": 1}}, "{root}/t/data.json: expected a JSON list of puzzle records, found a dict"),
-    ({"t/data.json": [{"id": 7, "prompt": "p"}]},
-     "{root}/t/data.json record 1 (id 7): has neither solution_video_path nor solution_image_path; "
-     "add the path of the solution video"),
+    ({"t/data.json": [{"id": 7, "prompt": "p"}, {"id": "../../x", "prompt": "p"}]},
+     "{root}/t/data.json record 2: id '../../x' contains '/', so it cannot be used as a file name; give the record "
+     "a plain id (letters, digits, _ and -)"),
 ])
 def test_dataset_root_input_errors(tmp_path, capsys, layout, message):
     root = tmp_path / "root"

@@ -53,11 +53,14 @@ def add_training_args(parser) -> None:
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
     parser.add_argument("--val_dataset_root", default=None,
-                        help="VLMPuzzle dataset root: generate + score held-out puzzles during training (default: off)")
+                        help="puzzle dataset root (either layout): generate + score held-out puzzles during training "
+                             "(default: off)")
     parser.add_argument("--val_every", type=int, default=None, help="validate every N steps (default: --save_steps)")
     parser.add_argument("--val_count", type=int, default=8, help="puzzles to validate on (the first K by task/id)")
     parser.add_argument("--val_ids_file", default=None,
                         help="lines task/id to validate on (default: the CSV's <stem>_val_ids.txt if present, else all)")
+    parser.add_argument("--val_prompt_key", default=None,
+                        help="record key of the validation prompts (default: ti2v_prompt, else prompt)")
     parser.add_argument("--val_num_inference_steps", type=int, default=50)
     parser.add_argument("--val_cfg_scale", type=float, default=5.0)
 
@@ -77,6 +80,6 @@ def check_training_numbers(args) -> None:
     if not args.val_cfg_scale > 0:
         raise InputError(f"--val_cfg_scale {args.val_cfg_scale} is invalid: it must be positive (1 disables guidance)")
     if not args.val_dataset_root:
-        for name in ("val_every", "val_ids_file"):
+        for name in ("val_every", "val_ids_file", "val_prompt_key"):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name} needs --val_dataset_root (the puzzles to validate on)")

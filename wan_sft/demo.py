@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .config import InputError
@@ -64,13 +63,13 @@ def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
 
 def demo_inference_args(args: argparse.Namespace) -> None:
     """inference.py --demo: the first held-out puzzle, with its own prompt."""
+    from .datasets import read_puzzles
+
     paths = _demo_generation_args(args)
-    task, puzzle_id = paths["val_ids"].read_text().split()[0].split("/")
-    records = json.loads((paths["puzzles"] / task / "data.json").read_text())
-    record = next(r for r in records if r["id"] == puzzle_id)
-    args.input_image = str(paths["puzzles"] / task / record["image"])
-    args.prompt = record["prompt"]
-    args.output = str(paths["root"] / "inference" / f"{puzzle_id}.mp4")
+    key = paths["val_ids"].read_text().split()[0]
+    item = next(item for item in read_puzzles(paths["puzzles"]) if item.key == key)
+    args.input_image, args.prompt = str(item.puzzle_path), item.prompt
+    args.output = str(paths["root"] / "inference" / f"{item.id}.mp4")
 
 
 def demo_eval_args(args: argparse.Namespace) -> None:

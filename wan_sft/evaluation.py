@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from .config import InputError
+from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import atomic_save_image, atomic_write
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
@@ -41,44 +42,10 @@ SUMMARY_FILE = "summary.json"
 # ---------------------------------------------------------------- the items of a dataset
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    task: str  # task folder relative to the dataset root, e.g. "maze_square"
-    id: str
-    task_dir: str  # absolute
-    record: dict
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.id}"
-
-    @property
-    def puzzle_path(self) -> Path:
-        return Path(self.task_dir) / self.record["image"]
-
-    @property
-    def prompt(self) -> str:
-        return str(self.record.get("ti2v_prompt") or self.record["prompt"])
-
-
-def find_items(dataset_root: str | os.PathLike) -> list[EvalItem]:
-    """Every record of every data.json below the root, sorted by (task, id)."""
-    from .puzzles import read_dataset_records
-
-    items = []
-    for task, task_dir, where, record in read_dataset_records(dataset_root):
-        item_id = str(record.get("id", ""))
-        if not item_id or "/" in item_id or "\\" in item_id or item_id.startswith("."):
-            raise InputError(f"{where}: needs an 'id' usable as a file name (got {record.get('id')!r})")
-        if not record.get("image"):
-            raise InputError(f"{where} (id {item_id}): has no 'image' (the puzzle image path)")
-        if not (record.get("ti2v_prompt") or record.get("prompt")):
-            raise InputError(f"{where} (id {item_id}): has no 'prompt'")
-        items.append(EvalItem(task, item_id, str(task_dir), record))
-    items.sort(key=lambda item: (item.task, item.id))
-    duplicates = [key for key, count in Counter(item.key for item in items).items() if count > 1]
-    if duplicates:
-        raise InputError(f"puzzle {duplicates[0]} appears more than once in its data.json; ids must be unique")
+def find_items(dataset_root: str | os.PathLike, prompt_key: str | None = None) -> list[PuzzleItem]:
+    """Every puzzle below the root (wan_sft/datasets.py), sorted by (task, id); each needs a prompt."""
+    items = read_puzzles(dataset_root, prompt_key)
+    require_prompts(items, prompt_key)
     return items
 
 
@@ -100,8 +67,8 @@ def read_ids_file(path: str | os.PathLike) -> list[str]:
     return keys
 
 
-def select_items(items: list[EvalItem], tasks: str | None = None, ids_file: str | None = None,
-                 limit: int | None = None, num_shards: int = 1, shard_index: int = 0) -> list[EvalItem]:
+def select_items(items: list[PuzzleItem], tasks: str | None = None, ids_file: str | None = None,
+                 limit: int | None = None, num_shards: int = 1, shard_index: int = 0) -> list[PuzzleItem]:
     """Filter by tasks / ids file, keep the first `limit` per task, then take this shard's every num_shards-th item."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit} is invalid: it must be at least 1")
@@ -162,11 +129,11 @@ def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
     return output_dir / task / f"{item_id}{suffix}"
 
 
-def is_finished(output_dir: Path, item: EvalItem) -> bool:
+def is_finished(output_dir: Path, item: PuzzleItem) -> bool:
     return item_path(output_dir, item.task, item.id, "result").is_file()
 
 
-def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bool,
+def score_and_record(item: PuzzleItem, last_frame, output_dir: Path, has_video: bool,
                      seconds_generate: float | None, worker: str) -> dict:
     """Save the last frame and overlay, score, then write the item's JSON (last: it marks the item finished)."""
     start = time.perf_counter()
@@ -201,7 +168,7 @@ class GenerationJob:
     compile_blocks: bool
 
 
-def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict:
+def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> dict:
     from .video import write_video
 
     output_dir = Path(job.output_dir)
@@ -212,14 +179,14 @@ def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict
     return score_and_record(item, frames[-1], output_dir, True, seconds, worker)
 
 
-def candidate_files(candidates_dir: Path, item: EvalItem) -> tuple[Path | None, Path | None]:
+def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None, Path | None]:
     """(last-frame PNG, video) of an item in a --candidates_dir, either may be None."""
     frame = item_path(candidates_dir, item.task, item.id, "frame")
     video = item_path(candidates_dir, item.task, item.id, "video")
     return (frame if frame.is_file() else None), (video if video.is_file() else None)
 
 
-def rescore_item(item: EvalItem, candidates_dir: Path, output_dir: Path) -> dict:
+def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path) -> dict:
     """Score a candidate: its PNG if there is one (lossless), else the last decoded frame of its mp4."""
     from .video import read_frames
 
@@ -307,7 +274,7 @@ def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
     return [WorkerSpec(f"cpu{i}", None, threads) for i in range(workers)]
 
 
-def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
+def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
                 log=print) -> dict[str, str]:
     """Hand items out one at a time to whichever worker is free; returns {item key: why it is unfinished}."""
     from multiprocessing.connection import wait
@@ -374,7 +341,7 @@ def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJ
 # ---------------------------------------------------------------- results, summary, report
 
 
-def read_item_results(output_dir: Path, items: list[EvalItem] | None = None) -> list[dict]:
+def read_item_results(output_dir: Path, items: list[PuzzleItem] | None = None) -> list[dict]:
     """The per-item JSONs of `items` (all under output_dir when None), sorted by task then id."""
     if items is not None:
         paths = [item_path(output_dir, item.task, item.id, "result") for item in items]
@@ -475,9 +442,11 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true",
                         help="the demo's held-out puzzles with the LoRA of `train_single_node.sh --demo`")
     parser.add_argument("--output_dir", default="./output/eval")
-    parser.add_argument("--tasks", default=None, help="comma list of task folders (default: all)")
+    parser.add_argument("--tasks", default=None, help="comma list of task names (task folder names; default: all)")
     parser.add_argument("--limit", type=int, default=None, help="first N puzzles (by id) per task")
     parser.add_argument("--ids_file", default=None, help="lines task/id to evaluate, e.g. <stem>_val_ids.txt")
+    parser.add_argument("--prompt_key", default=None,
+                        help="record key of the prompt (default: ti2v_prompt, else prompt)")
     parser.add_argument("--candidates_dir", default=None,
                         help="score existing <task>/<id>.png (or .mp4) outputs instead of generating; loads no model")
     parser.add_argument("--gpus", default=None, help="GPU indices, one worker each (default: all visible)")
@@ -503,14 +472,14 @@ def run_settings(args) -> dict:
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-            "negative_prompt": args.negative_prompt, "fps": args.fps}
+            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key}
 
 
 def evaluate(argv) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
     # Everything is checked before a worker starts or a file is written.
-    items = select_items(find_items(args.dataset_root), args.tasks, args.ids_file, args.limit,
+    items = select_items(find_items(args.dataset_root, args.prompt_key), args.tasks, args.ids_file, args.limit,
                          args.num_shards, args.shard_index)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a folder")

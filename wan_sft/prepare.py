@@ -36,21 +36,12 @@ class Entry:
     puzzle: str = ""  # "task/id" for dataset-root input: the unit of the validation split
 
 
-def entries_from_dataset_root(root: Path) -> list[Entry]:
-    """Every data.json below a VLMPuzzle root: video = solution_video_path or the solution image's .mp4 twin."""
-    from .puzzles import read_dataset_records, solution_video_path
+def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list[Entry]:
+    """Every puzzle of a dataset root (wan_sft/datasets.py): its solution video and prompt."""
+    from .datasets import read_puzzles
 
-    entries = []
-    for task, task_dir, where, record in read_dataset_records(root):
-        video = solution_video_path(record)
-        if not video:
-            raise InputError(f"{where} (id {record.get('id')}): has neither solution_video_path nor "
-                             f"solution_image_path; add the path of the solution video")
-        prompt = record.get("ti2v_prompt") or record.get("prompt") or ""
-        number = where.rsplit(" ", 1)[-1]
-        entries.append(Entry(resolve_video(video, task_dir), str(prompt),
-                             f"{task}/data.json record {number}", f"{task}/{record.get('id', number)}"))
-    return entries
+    return [Entry(str(item.solution_video), item.prompt, f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}",
+                  item.key) for item in read_puzzles(root, prompt_key)]
 
 
 def entries_from_jsonl(path: Path) -> list[Entry]:
@@ -141,7 +132,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Write a checked, fully quoted video,prompt training CSV. "
                     "'prepare_csv.py generate --help' generates synthetic puzzle datasets instead.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_root", type=Path, help="VLMPuzzle root: every data.json below it")
+    source.add_argument("--dataset_root", type=Path,
+                        help="puzzle dataset (VLMPuzzle or VideoThinkBench layout, a task folder, or a folder of them)")
+    parser.add_argument("--prompt_key", default=None,
+                        help="record key of the prompt with --dataset_root (default: ti2v_prompt, else prompt)")
     source.add_argument("--jsonl", type=Path, help="one JSON object per line with video (or video_path) and prompt")
     source.add_argument("--video_dir", type=Path, help="folder of videos with same-name .txt captions")
     source.add_argument("--csv", type=Path, help="an existing CSV to re-check and re-quote")
@@ -168,7 +162,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def gather_entries(args: argparse.Namespace) -> list[Entry]:
     if args.dataset_root:
-        return entries_from_dataset_root(args.dataset_root)
+        return entries_from_dataset_root(args.dataset_root, args.prompt_key)
     if args.jsonl:
         return entries_from_jsonl(args.jsonl)
     if args.video_dir:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 from collections import deque
@@ -31,45 +30,6 @@ ENDPOINT_COLOR = (220, 30, 30)
 LINE_COLOR = (220, 0, 0)
 HOLD_FRACTION = 0.15
 TASKS = ("maze_square", "midpoint")
-
-
-def solution_video_path(record: dict) -> str | None:
-    """A record's solution clip (relative to its task folder): solution_video_path, else the solution image's .mp4."""
-    if record.get("solution_video_path"):
-        return str(record["solution_video_path"])
-    if record.get("solution_image_path"):
-        return str(Path(record["solution_image_path"]).with_suffix(".mp4"))
-    return None
-
-
-def read_dataset_records(root: str | os.PathLike):
-    """Yield (task, task folder, where, record) for every record of every data.json below a VLMPuzzle root.
-
-    `task` is the folder's path relative to the root; `where` names the file and record for error messages.
-    """
-    from .data import read_utf8
-
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass the VLMPuzzle dataset root that holds the task folders")
-    data_files = sorted(root.rglob("data.json"))
-    if not data_files:
-        raise InputError(f"{root}: no data.json found below it; pass the VLMPuzzle dataset root (task folders "
-                         f"each holding data.json)")
-    for data_file in data_files:
-        task = data_file.parent.relative_to(root).as_posix()
-        task = root.name if task == "." else task
-        try:
-            records = json.loads(read_utf8(data_file))
-        except json.JSONDecodeError as error:
-            raise InputError(f"{data_file}: not valid JSON ({error})") from None
-        if not isinstance(records, list):
-            raise InputError(f"{data_file}: expected a JSON list of puzzle records, found a {type(records).__name__}")
-        for number, record in enumerate(records, 1):
-            where = f"{data_file} record {number}"
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, found a {type(record).__name__}")
-            yield task, data_file.parent, where, record
 
 
 def _rng(task: str, seed: int, index: int) -> random.Random:
