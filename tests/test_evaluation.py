@@ -21,8 +21,8 @@ TIMING_FIELDS = {"seconds_generate", "seconds_score", "worker"}
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vlmpuzzle")
-    generate_maze_task(root, 4, (3, 4), width=W, height=H, num_frames=FRAMES, fps=8)
-    generate_midpoint_task(root, 2, width=W, height=H, num_frames=FRAMES, fps=8)
+    generate_maze_task(root, 4, (3, 4), width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")
+    generate_midpoint_task(root, 2, width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")
     return root
 
 
@@ -70,7 +70,7 @@ def test_candidates_from_videos_and_selection_flags(dataset, tmp_path):
     candidates = tmp_path / "videos"
     for record in json.loads((dataset / "maze_square/data.json").read_text()):
         (candidates / "maze_square").mkdir(parents=True, exist_ok=True)
-        shutil.copy(dataset / "maze_square" / record["solution_video_path"],
+        shutil.copy(dataset / "maze_square" / f"solutions/{record['id']}_solution.mp4",
                     candidates / "maze_square" / f"{record['id']}.mp4")
     assert main(["--input_dir", str(dataset), "--candidates_dir", str(candidates), "--tasks", "maze_square",
                  "--limit", "3", "--output_dir", str(tmp_path / "a")]) == 0

@@ -89,7 +89,7 @@ def _relative(task_dir: Path, value) -> Path | None:
 
 
 def solution_video_of(record: dict, item_id: str, task_dir: Path) -> Path:
-    """`solution_video_path`, else the .mp4 twin of `solution_image_path`, else the id's `solutions/<id>_solution.mp4`."""
+    """`solution_video_path`, else the .mp4 twin of `solution_image_path`, else `solutions/<id>_solution.mp4`."""
     if record.get("solution_video_path"):
         return task_dir / str(record["solution_video_path"])
     if record.get("solution_image_path"):

@@ -40,8 +40,9 @@ def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list
     """Every puzzle of a dataset root (wan_sft/datasets.py): its solution video and prompt."""
     from .datasets import read_puzzles
 
-    return [Entry(str(item.solution_video), item.prompt, f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}",
-                  item.key) for item in read_puzzles(root, prompt_key)]
+    return [Entry(str(item.solution_video), item.prompt,
+                  f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}", item.key)
+            for item in read_puzzles(root, prompt_key)]
 
 
 def entries_from_jsonl(path: Path) -> list[Entry]:
