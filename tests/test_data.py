@@ -173,3 +173,16 @@ def test_written_csv_is_all_quoted(tmp_path):
     with open(tmp_path / "d.csv", newline="") as f:
         assert f.read() == '"video","prompt"\n"/a b.mp4","x"\n'
     assert list(csv.reader(open(tmp_path / "d.csv"))) == [["video", "prompt"], ["/a b.mp4", "x"]]
+
+
+def test_a_clip_longer_than_num_frames_stops_the_launcher(tmp_path):
+    long = make_video(tmp_path / "long.mp4", num_frames=13)
+    csv_path = write_text(tmp_path / "d.csv", "video,prompt\nlong.mp4,a\n")
+    with pytest.raises(InputError) as error:
+        validate_training_csv(csv_path, 9, 64, 64)
+    assert str(error.value) == (
+        f"{csv_path} row 1 ({long}): has 13 frames, more than --num_frames 9: training takes the first 9, so the "
+        f"solution would be cut at 69% of the clip; run prepare_csv.py --trim to resample the whole clip to 9 frames "
+        f"(first and last kept); run prepare_csv.py --csv {csv_path} --output fixed.csv to list them and write only "
+        f"the good rows")
+    assert check_samples([Sample(long, "a", 1)], 13, 64, 64) == ([], [])

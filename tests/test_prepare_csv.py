@@ -232,3 +232,32 @@ def test_generate_dispatches_to_puzzles(monkeypatch):
     monkeypatch.setitem(sys.modules, "wan_sft.puzzles", fake)
     assert main(["generate", "--task", "maze_square"]) == 0
     assert calls == [["--task", "maze_square"]]
+
+
+def test_a_long_clip_is_refused_and_trim_keeps_its_answer(tmp_path, capsys):
+    """A 17-frame maze clip at --num_frames 9: its first 9 frames end before the path reaches the goal."""
+    from wan_sft.datasets import read_puzzles
+    from wan_sft.puzzles import generate_task
+    from wan_sft.scoring import score_maze
+
+    generate_task(tmp_path / "b", "maze_square", 1, width=96, height=160, num_frames=17, fps=8, grid_sizes=(3,))
+    item = read_puzzles(tmp_path / "b")[0]
+    size = ["--num_frames", "9", "--height", "160", "--width", "96", "--workers", "1"]
+    code, out, err = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", *size)
+    assert code == 1 and not (tmp_path / "d.csv").exists()
+    assert out.splitlines()[0] == (
+        f"dropped maze_square/data.json record 1 ({item.solution_video}): has 17 frames, more than --num_frames 9: "
+        f"training takes the first 9, so the solution would be cut at 53% of the clip; run prepare_csv.py --trim to "
+        f"resample the whole clip to 9 frames (first and last kept)")
+    assert "dropped: too many frames 1" in squeeze(out) and err == "error: no usable rows; nothing written\n"
+    puzzle = Image.open(item.puzzle_path).convert("RGB")
+    first_nine = read_frames(item.solution_video, limit=9)
+    assert score_maze(first_nine[-1], puzzle, item.record, "maze_square")["failure_reason"] == "not_connected"
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--trim", *size)
+    assert code == 0
+    trimmed = read_frames(rows(tmp_path / "d.csv")[0][0])
+    source = read_frames(item.solution_video)
+    assert len(trimmed) == 9
+    for mine, theirs in ((trimmed[0], source[0]), (trimmed[-1], source[-1])):  # first and last frames kept
+        assert np.abs(np.asarray(mine, np.int16) - np.asarray(theirs, np.int16)).mean() < 1
+    assert score_maze(trimmed[-1], puzzle, item.record, "maze_square")["pass"]

@@ -140,8 +140,9 @@ def _crop_fractions(width: int, height: int, target_width: int, target_height: i
     return 1 - target_width / (width * scale), 1 - target_height / (height * scale)
 
 
-def _check_video(video: str, num_frames: int, height: int, width: int) -> list[tuple[bool, str, str]]:
-    """(fatal, kind, reason) for one file."""
+def _check_video(video: str, num_frames: int | None, height: int, width: int) -> list[tuple[bool, str, str]]:
+    """(fatal, kind, reason) for one file; num_frames None accepts any length (prepare_csv --trim resamples it).
+    The end of a solution clip is its answer, so a clip longer than num_frames is refused like a short one."""
     file = Path(video)
     if not file.is_file():
         return [(True, "file not found", "file not found")]
@@ -153,12 +154,17 @@ def _check_video(video: str, num_frames: int, height: int, width: int) -> list[t
         return [(True, "unreadable video", str(error).removeprefix(f"{file}: "))]
     if info.num_frames == 1:
         return [(True, "not a video", "is a still image (1 frame), not a video; point the row at the clip")]
-    if info.num_frames < num_frames:
+    if num_frames is not None and info.num_frames < num_frames:
         used = (info.num_frames - 1) // 4 * 4 + 1
         return [(True, "too few frames",
                  f"has {info.num_frames} frames, fewer than --num_frames {num_frames}: DiffSynth would silently "
                  f"train on a {used}-frame clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim "
                  f"to resample it to {num_frames} frames")]
+    if num_frames is not None and info.num_frames > num_frames:
+        return [(True, "too many frames",
+                 f"has {info.num_frames} frames, more than --num_frames {num_frames}: training takes the first "
+                 f"{num_frames}, so the solution would be cut at {num_frames / info.num_frames:.0%} of the clip; run "
+                 f"prepare_csv.py --trim to resample the whole clip to {num_frames} frames (first and last kept)")]
     if (info.width, info.height) == (width, height):
         return []
     cut_w, cut_h = _crop_fractions(info.width, info.height, width, height)
@@ -171,7 +177,7 @@ def _check_video(video: str, num_frames: int, height: int, width: int) -> list[t
     return [(False, "resolution differs", f"{size}: training resizes it (cover + centre crop)")]
 
 
-def check_samples(samples: list[Sample], num_frames: int, height: int, width: int,
+def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int,
                   workers: int | None = None) -> tuple[list[Problem], list[Problem]]:
     """Decode every video once, in parallel; return (fatal problems, warnings) in row order."""
     videos = list(dict.fromkeys(sample.video for sample in samples))

@@ -197,9 +197,9 @@ def find_problems(entries: list[Entry], args: argparse.Namespace):
         else:
             first_seen[entry.video, entry.prompt] = entry
     # Sample.row holds the entry's index here, so problems map back to entries.
-    # With --trim any length works: the clip is resampled; only the aspect-ratio warning still matters.
+    # With --trim any length works (None): the clip is resampled; only the geometry findings still matter.
     samples = [Sample(entry.video, entry.prompt, index) for index, entry in enumerate(entries) if index not in dropped]
-    fatal, warnings = check_samples(samples, 1 if args.trim else args.num_frames, args.height, args.width,
+    fatal, warnings = check_samples(samples, None if args.trim else args.num_frames, args.height, args.width,
                                     args.workers)
     for problem in fatal:
         dropped[problem.row] = (entries[problem.row], problem.kind, problem.reason)
