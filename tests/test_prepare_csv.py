@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wan_sft.data import cover_crop, read_training_csv
+from wan_sft.data import read_training_csv
+from wan_sft.geometry import fit_image
 from wan_sft.prepare import main
 from wan_sft.video import probe_video, read_frames, write_video
 
@@ -146,13 +147,20 @@ def test_bad_rows_are_dropped_listed_and_summarised(tmp_path, capsys):
             f"train on a 5-frame clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim") in out
     assert f"dropped row 8 ({good}): duplicate of row 1\n" in out
     assert f"dropped row 9 ({good}): prompt is empty; write one or pass --prompt TEXT\n" in out
-    assert (f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): the centre crop would cut 33% of its "
-            f"height, likely cutting the puzzle") in out
+    assert f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): training resizes it (--fit stretch)\n" in out
     assert rows(tmp_path / "out.csv") == [(good, "ok"), (str(path("wide.mp4")), "x")]
     for line in ["rows in 9", "rows out 2", "dropped: unreadable video 1", "dropped: duplicate 1",
-                 "warning: aspect ratio differs 1"]:
+                 "warning: resolution differs 1"]:
         assert line in squeeze(out)
     assert run(capsys, "--csv", tmp_path / "in.csv", "--output", tmp_path / "out2.csv", "--allow_drop", *SIZE)[0] == 0
+    # a crop is made only when asked for; then one that would cut the puzzle drops the clip
+    code, out, _ = run(capsys, "--csv", tmp_path / "in.csv", "--output", tmp_path / "out3.csv", "--allow_drop",
+                       "--fit", "crop", *SIZE)
+    assert code == 0 and rows(tmp_path / "out3.csv") == [(good, "ok")]
+    assert (f"dropped row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): --fit crop would cut 33% of its height, "
+            f"likely cutting the puzzle; use --fit stretch (the benchmark's mapping) or --height/--width of a 64:96 "
+            f"aspect ratio\n") in out
+    assert "dropped: crop cuts the puzzle 1" in squeeze(out)
 
 
 def test_strict_writes_nothing(tmp_path, capsys):
@@ -197,7 +205,7 @@ def test_trim_resamples_whole_clip_to_exact_shape(tmp_path, capsys):
         assert (info.num_frames, info.width, info.height) == (9, 64, 32)
         source_frames = read_frames(source)
         trimmed = [np.asarray(frame, np.float32) for frame in read_frames(video)]
-        expected = [np.asarray(cover_crop(source_frames[i], 64, 32), np.float32) for i in (0, -1)]
+        expected = [np.asarray(fit_image(source_frames[i], 64, 32), np.float32) for i in (0, -1)]
         assert np.abs(trimmed[0] - expected[0]).max() <= 3
         assert np.abs(trimmed[-1] - expected[1]).max() <= 3
 

@@ -1,6 +1,8 @@
 """The model's hard rules and the project's defaults, stated once."""
 from __future__ import annotations
 
+from .geometry import DEFAULT_FIT, FITS
+
 DEFAULT_NUM_FRAMES = 81
 DEFAULT_HEIGHT = 896
 DEFAULT_WIDTH = 480
@@ -38,6 +40,9 @@ def add_training_args(parser) -> None:
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                        help="how a clip frame maps to WxH, as at inference: stretch (NEAREST resize, the benchmark's), "
+                             "crop (cover + centre crop), pad (letterbox on black)")
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)

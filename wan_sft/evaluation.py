@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .config import InputError
 from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import atomic_save_image, atomic_write
+from .geometry import DEFAULT_FIT, fit_image
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
 from .scoring import is_maze_task, overlay_image, score_item
@@ -134,7 +134,7 @@ def is_finished(output_dir: Path, item: PuzzleItem) -> bool:
 
 
 def score_and_record(item: PuzzleItem, last_frame, output_dir: Path, has_video: bool,
-                     seconds_generate: float | None, worker: str) -> dict:
+                     seconds_generate: float | None, worker: str, fit: str = DEFAULT_FIT) -> dict:
     """Save the last frame and overlay, score, then write the item's JSON (last: it marks the item finished)."""
     start = time.perf_counter()
     task_name = Path(item.task).name  # the rule depends on the task kind, not on where the folder sits
@@ -142,7 +142,7 @@ def score_and_record(item: PuzzleItem, last_frame, output_dir: Path, has_video: 
     score = score_item(last_frame, puzzle, item.record, task_name)
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
     # The puzzle as the model and the scorer saw it, inside output_dir so the report is self-contained.
-    atomic_save_image(puzzle.resize(last_frame.size, Image.NEAREST), item_path(output_dir, item.task, item.id, "input"))
+    atomic_save_image(fit_image(puzzle, *last_frame.size, fit), item_path(output_dir, item.task, item.id, "input"))
     atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
                       item_path(output_dir, item.task, item.id, "overlay"))
     relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix()
@@ -176,7 +176,7 @@ def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> di
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
     seconds = time.perf_counter() - start
     write_video(item_path(output_dir, item.task, item.id, "video"), frames, fps=job.fps)
-    return score_and_record(item, frames[-1], output_dir, True, seconds, worker)
+    return score_and_record(item, frames[-1], output_dir, True, seconds, worker, job.settings.fit)
 
 
 def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None, Path | None]:
@@ -186,7 +186,7 @@ def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None
     return (frame if frame.is_file() else None), (video if video.is_file() else None)
 
 
-def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path) -> dict:
+def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path, fit: str = DEFAULT_FIT) -> dict:
     """Score a candidate: its PNG if there is one (lossless), else the last decoded frame of its mp4."""
     from .video import read_frames
 
@@ -194,7 +194,7 @@ def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path) -> di
     last_frame = read_image(frame_file) if frame_file else read_frames(video_file)[-1]
     if video_file:
         atomic_write(item_path(output_dir, item.task, item.id, "video"), video_file.read_bytes())
-    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score")
+    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score", fit)
 
 
 # ---------------------------------------------------------------- workers
@@ -468,11 +468,12 @@ def parse_args(argv) -> argparse.Namespace:
 
 def run_settings(args) -> dict:
     if args.candidates_dir:
-        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve())}
+        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve()), "fit": args.fit}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key}
+            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key,
+            "fit": args.fit}
 
 
 def evaluate(argv) -> int:
@@ -520,7 +521,7 @@ def evaluate(argv) -> int:
     start = time.time()
     if args.candidates_dir:
         for item in todo:
-            on_result(rescore_item(item, candidates_dir, output_dir))
+            on_result(rescore_item(item, candidates_dir, output_dir, args.fit))
         problems = {}
     elif todo:
         job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),

@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
-from .data import Sample, check_samples, cover_crop, read_csv_cells, read_utf8, resolve_video, write_training_csv
+from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
 from .fsutil import atomic_write
+from .geometry import DEFAULT_FIT, FITS, fit_image
 from .video import read_frames, write_video
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
@@ -105,22 +106,22 @@ def split_validation(entries: list[Entry], count: int | None, fraction: float | 
     return [entry for entry in entries if entry.puzzle not in held_out], sorted(held_out)
 
 
-def trim_clip(job: tuple[str, str, int, int, int]) -> None:
+def trim_clip(job: tuple[str, str, int, int, int, str]) -> None:
     """Resample a whole clip to exactly num_frames (first and last source frames kept, so the final frames show
-    the solution; short clips hold frames), resized like load_clip."""
-    source, target, num_frames, height, width = job
+    the solution; short clips hold frames), mapped to W x H like load_clip."""
+    source, target, num_frames, height, width, fit = job
     frames = read_frames(source)
     last = len(frames) - 1
     picked = [frames[round(i * last / (num_frames - 1))] for i in range(num_frames)]
-    write_video(target, [cover_crop(frame, width, height) for frame in picked], fps=TRIM_FPS)
+    write_video(target, [fit_image(frame, width, height, fit) for frame in picked], fps=TRIM_FPS)
 
 
-def trim_clips(videos: list[str], folder: Path, num_frames: int, height: int, width: int,
+def trim_clips(videos: list[str], folder: Path, num_frames: int, height: int, width: int, fit: str,
                workers: int | None) -> dict[str, str]:
     """Trim each distinct video into folder, in parallel; returns source path -> trimmed path."""
     targets = {video: str(folder / f"{number:06d}_{Path(video).stem}.mp4")
                for number, video in enumerate(dict.fromkeys(videos), 1)}
-    jobs = [(source, target, num_frames, height, width) for source, target in targets.items()]
+    jobs = [(source, target, num_frames, height, width, fit) for source, target in targets.items()]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for _ in tqdm(pool.map(trim_clip, jobs), total=len(jobs), desc="trimming clips", unit="clip"):
             pass
@@ -144,6 +145,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                        help="how clips map to WxH (checks and --trim); use training's --fit (default stretch)")
     parser.add_argument("--prompt", help="prompt for every clip that has none (no caption, empty prompt)")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--allow_drop", action="store_true", help="exit 0 even if bad rows were dropped")
@@ -200,7 +203,7 @@ def find_problems(entries: list[Entry], args: argparse.Namespace):
     # With --trim any length works (None): the clip is resampled; only the geometry findings still matter.
     samples = [Sample(entry.video, entry.prompt, index) for index, entry in enumerate(entries) if index not in dropped]
     fatal, warnings = check_samples(samples, None if args.trim else args.num_frames, args.height, args.width,
-                                    args.workers)
+                                    args.workers, fit=args.fit)
     for problem in fatal:
         dropped[problem.row] = (entries[problem.row], problem.kind, problem.reason)
     warned = [(entries[p.row], p.kind, p.reason) for p in warnings
@@ -236,7 +239,7 @@ def prepare(args: argparse.Namespace) -> int:
     videos = {entry.video: entry.video for entry in kept}
     if args.trim:
         clips = args.output.parent / f"{args.output.stem}_clips"
-        videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.workers)
+        videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.fit, args.workers)
     write_training_csv(args.output, [(videos[entry.video], entry.prompt) for entry in kept])
     print(f"wrote {args.output} ({len(kept)} rows)")
     if held_out:

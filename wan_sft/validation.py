@@ -206,7 +206,7 @@ class TaskValidator:
         self.every = args.val_every or args.save_steps
         self.mine = select_validation_items(args)[accelerator.process_index::accelerator.num_processes]
         self.settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
-                                           args.val_cfg_scale)
+                                           args.val_cfg_scale, fit=args.fit)
         self.text_encoder, self.vae = pipe.text_encoder, pipe.vae
         self.best_rate: float | None = None
 
