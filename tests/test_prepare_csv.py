@@ -147,7 +147,8 @@ def test_bad_rows_are_dropped_listed_and_summarised(tmp_path, capsys):
             f"train on a 5-frame clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim") in out
     assert f"dropped row 8 ({good}): duplicate of row 1\n" in out
     assert f"dropped row 9 ({good}): prompt is empty; write one or pass --prompt TEXT\n" in out
-    assert f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): training resizes it (--fit stretch)\n" in out
+    assert (f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): training resizes it (--fit stretch)\n"
+            in out)
     assert rows(tmp_path / "out.csv") == [(good, "ok"), (str(path("wide.mp4")), "x")]
     for line in ["rows in 9", "rows out 2", "dropped: unreadable video 1", "dropped: duplicate 1",
                  "warning: resolution differs 1"]:
@@ -253,10 +254,10 @@ def test_a_long_clip_is_refused_and_trim_keeps_its_answer(tmp_path, capsys):
     size = ["--num_frames", "9", "--height", "160", "--width", "96", "--workers", "1"]
     code, out, err = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", *size)
     assert code == 1 and not (tmp_path / "d.csv").exists()
-    assert out.splitlines()[0] == (
+    assert [line for line in out.splitlines() if line.startswith("dropped ")] == [(
         f"dropped maze_square/data.json record 1 ({item.solution_video}): has 17 frames, more than --num_frames 9: "
         f"training takes the first 9, so the solution would be cut at 53% of the clip; run prepare_csv.py --trim to "
-        f"resample the whole clip to 9 frames (first and last kept)")
+        f"resample the whole clip to 9 frames (first and last kept)")]
     assert "dropped: too many frames 1" in squeeze(out) and err == "error: no usable rows; nothing written\n"
     puzzle = Image.open(item.puzzle_path).convert("RGB")
     first_nine = read_frames(item.solution_video, limit=9)
@@ -269,3 +270,23 @@ def test_a_long_clip_is_refused_and_trim_keeps_its_answer(tmp_path, capsys):
     for mine, theirs in ((trimmed[0], source[0]), (trimmed[-1], source[-1])):  # first and last frames kept
         assert np.abs(np.asarray(mine, np.int16) - np.asarray(theirs, np.int16)).mean() < 1
     assert score_maze(trimmed[-1], puzzle, item.record, "maze_square")["pass"]
+
+
+def test_summary_shows_canvases_and_clip_lengths_per_task_and_suggests_a_square_size(tmp_path, capsys):
+    from wan_sft.puzzles import generate_task
+
+    generate_task(tmp_path / "b", "midpoint", 2, width=96, height=96, num_frames=9, fps=8)
+    generate_task(tmp_path / "b", "circle_center", 1, width=96, height=96, num_frames=13, fps=8)
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--num_frames", 9,
+                       "--height", 96, "--width", 64, "--allow_drop")
+    assert code == 0
+    assert out.splitlines()[:4] == [
+        "puzzles per task (canvas WxH; solution clip length)",
+        "  circle_center  96x96 x1; 13 frames x1",
+        "  midpoint       96x96 x2; 9 frames x2",
+        "note: every puzzle is square; --height 512 --width 512 keeps their shape (now 64x96 WxH, pass the same size "
+        "to training and evaluation)"]
+    generate_task(tmp_path / "b", "maze_square", 1, width=96, height=128, num_frames=9, fps=8, grid_sizes=(3,))
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--num_frames", 9,
+                       "--height", 96, "--width", 64, "--allow_drop")
+    assert out.splitlines()[2] == "  maze_square    96x128 x1; 9 frames x1" and "note:" not in out

@@ -41,8 +41,8 @@ def add_training_args(parser) -> None:
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
     parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
-                        help="how a clip frame maps to WxH, as at inference: stretch (NEAREST resize, the benchmark's), "
-                             "crop (cover + centre crop), pad (letterbox on black)")
+                        help="how a clip frame maps to WxH, as at inference: stretch (NEAREST resize, the "
+                             "benchmark's), crop (cover + centre crop), pad (letterbox on black)")
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)

@@ -1,8 +1,9 @@
 """Image-to-video generation with Wan2.2-TI2V-5B (+ an optional fused LoRA): the reusable parts and the CLI.
 
 `load_generator` + `generate` are what evaluation and in-training validation call; `main` is inference.py.
-Protocol (VLMPuzzle): the puzzle is resized to W x H with NEAREST (`--fit stretch`, wan_sft/geometry.py), and the last frame that is scored is the decoded
-PIL frame from the pipeline, never a re-read of the lossy mp4.
+Protocol (VLMPuzzle): the puzzle is resized to W x H with NEAREST (`--fit stretch`, wan_sft/geometry.py; training
+maps clips the same way), and the last frame that is scored is the decoded PIL frame from the pipeline, never a
+re-read of the lossy mp4.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ class Entry:
     prompt: str
     source: str  # e.g. "row 3", "line 5", "maze_square/data.json record 2", "clip.mp4"
     puzzle: str = ""  # "task/id" for dataset-root input: the unit of the validation split
+    image: str = ""  # the puzzle image, for dataset-root input
 
 
 def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list[Entry]:
@@ -42,7 +43,7 @@ def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list
     from .datasets import read_puzzles
 
     return [Entry(str(item.solution_video), item.prompt,
-                  f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}", item.key)
+                  f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}", item.key, str(item.puzzle_path))
             for item in read_puzzles(root, prompt_key)]
 
 
@@ -186,6 +187,38 @@ def print_summary(rows_in: int, held_out: int, rows_out: int, dropped: list[tupl
         print(f"  {label:<{width}}  {n:>7}")
 
 
+def print_dataset_shapes(entries: list[Entry], height: int, width: int) -> None:
+    """Per task, the puzzle canvas sizes and solution clip lengths found (headers only), and the size to train at
+    when every puzzle is square."""
+    from PIL import Image
+
+    from .video import header_frame_count
+
+    canvases: dict[str, Counter] = {}
+    lengths: dict[str, Counter] = {}
+    for entry in entries:
+        task = entry.puzzle.split("/")[0]
+        try:
+            with Image.open(entry.image) as image:
+                canvas = f"{image.width}x{image.height}"
+        except (OSError, ValueError):
+            canvas = "unreadable"
+        canvases.setdefault(task, Counter())[canvas] += 1
+        frames = header_frame_count(entry.video) if entry.video else None
+        lengths.setdefault(task, Counter())[f"{frames} frames" if frames else "length unknown"] += 1
+    print("puzzles per task (canvas WxH; solution clip length)")
+    width_task = max(len(task) for task in canvases)
+    for task in sorted(canvases):
+        found = ", ".join(f"{key} x{n}" for key, n in sorted(canvases[task].items()))
+        clips = ", ".join(f"{key} x{n}" for key, n in sorted(lengths[task].items()))
+        print(f"  {task:<{width_task}}  {found}; {clips}")
+    sizes = [tuple(map(int, canvas.split("x"))) for counts in canvases.values() for canvas in counts
+             if canvas != "unreadable"]
+    if sizes and all(w == h for w, h in sizes) and width != height:
+        print(f"note: every puzzle is square; --height 512 --width 512 keeps their shape (now {width}x{height} WxH, "
+              f"pass the same size to training and evaluation)")
+
+
 def find_problems(entries: list[Entry], args: argparse.Namespace):
     """(dropped: entry index -> (entry, kind, reason), warnings as (entry, kind, reason), entries to keep)."""
     dropped: dict[int, tuple[Entry, str, str]] = {}
@@ -216,6 +249,8 @@ def prepare(args: argparse.Namespace) -> int:
     check_video_shape(args.num_frames, args.height, args.width)
     entries = gather_entries(args)
     rows_in = len(entries)
+    if args.dataset_root:
+        print_dataset_shapes(entries, args.height, args.width)
     if args.prompt:
         entries = [entry if entry.prompt.strip() else replace(entry, prompt=args.prompt) for entry in entries]
     held_out = []

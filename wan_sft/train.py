@@ -93,8 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_fingerprint(args, world_size: int, num_samples: int) -> str:
     """Settings a resumed run must share with the run that saved the state."""
     keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
-                fit=args.fit)
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank,
+                seed=args.seed, fit=args.fit)
     return json.dumps(keys, sort_keys=True)
 
 
