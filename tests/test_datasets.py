@@ -193,3 +193,36 @@ def test_the_demo_evaluates_eyeballing_puzzles_beside_the_held_out_mazes(demo_da
     assert [item.task for item in items] == ["circle_center"] * 2 + ["maze_square"] * 4 + ["midpoint"] * 2
     trained = {row.split(",")[0].strip('"') for row in demo_data["csv"].read_text().splitlines()[1:]}
     assert not {str(item.solution_video) for item in items} & trained
+
+
+def test_suffixed_ids_are_plain_ids_and_a_repeated_id_is_refused(tmp_path):
+    task = tmp_path / "tasks" / "midpoint"
+    task.mkdir(parents=True)
+    records = [{"id": "worker_00__ab", "ti2v_prompt": "p"}, {"id": "worker_00__ab__01", "ti2v_prompt": "q"}]
+    (task / "data.json").write_text(json.dumps(records))
+    items = read_puzzles(tmp_path)
+    assert [(i.key, i.prompt, i.puzzle_path, i.solution_video) for i in items] == [
+        ("midpoint/worker_00__ab", "p", task / "puzzles/worker_00__ab_puzzle.png",
+         task / "solutions/worker_00__ab_solution.mp4"),
+        ("midpoint/worker_00__ab__01", "q", task / "puzzles/worker_00__ab__01_puzzle.png",
+         task / "solutions/worker_00__ab__01_solution.mp4")]
+    (task / "data.json").write_text(json.dumps(records + [records[0]]))
+    with pytest.raises(InputError) as error:
+        read_puzzles(tmp_path)
+    assert str(error.value) == (f"puzzle midpoint/worker_00__ab appears more than once ({task}/data.json record 1 and "
+                                f"another record); ids must be unique within a task")
+
+
+def test_a_prompt_key_without_prompts_is_named_before_any_model_loads(roots, capsys):
+    from wan_sft import config
+
+    assert parallel_eval(["--dataset_root", str(roots / "a"), "--candidates_dir", str(roots),
+                          "--prompt_key", "ti2v_prompt"]) == 2
+    assert capsys.readouterr().err == (f"error: {roots}/a/circle_center/data.json record 1 (id circle_center_s0_00000): "
+                                       f"has no 'ti2v_prompt'; add the prompt or choose another --prompt_key\n")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    config.add_training_args(parser)
+    with pytest.raises(InputError, match=r"^--val_prompt_key needs --val_dataset_root"):
+        config.check_training_numbers(parser.parse_args(["--val_prompt_key", "prompt"]))

@@ -438,7 +438,7 @@ def parse_args(argv) -> argparse.Namespace:
         description="Generate, score and summarize VLMPuzzle items (one worker per GPU). "
                     "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.")
     parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root",
-                        help="VLMPuzzle dataset root (task folders with data.json)")
+                        help="puzzle dataset (VLMPuzzle or VideoThinkBench layout, a task folder, or a folder of them)")
     parser.add_argument("--demo", action="store_true",
                         help="the demo's held-out puzzles with the LoRA of `train_single_node.sh --demo`")
     parser.add_argument("--output_dir", default="./output/eval")
