@@ -72,7 +72,7 @@ def test_generation_is_byte_reproducible_and_regenerating_a_task_keeps_the_other
 
     def files(root):
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-                if p.suffix in (".png", ".json", ".jsonl")}
+                if p.suffix in (".png", ".json", ".jsonl", ".mp4")}
 
     assert files(tmp_path / "b") == files(roots / "b")
     _generate(tmp_path / "c", "videothinkbench", seed=1)
