@@ -78,7 +78,8 @@ def main() -> int:
     settings = GenerationSettings(num_inference_steps=args.num_inference_steps, cfg_scale=args.cfg_scale)
     one_step = GenerationSettings(num_inference_steps=1, cfg_scale=args.cfg_scale)
     with tempfile.TemporaryDirectory() as tmp:
-        record = generate_maze_task(tmp, 1, grid_sizes=(7,), num_frames=5)[0]
+        record = generate_maze_task(tmp, 1, grid_sizes=(7,), width=480, height=896, num_frames=5,
+                                    layout="vlmpuzzle")[0]
         image = read_image(Path(tmp) / "maze_square" / record["image"])
     prompt = record["prompt"]
     pipe, _ = load_generator(args.model_base_path, None, "cuda")

@@ -122,8 +122,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width, height=args.height,
-                                    num_frames=args.num_frames)[0]
-        clip = load_clip(Path(tmp) / "maze_square" / record["solution_video_path"], *shape)
+                                    num_frames=args.num_frames, layout="vlmpuzzle")[0]
+        clip = load_clip(Path(tmp) / "maze_square" / "solutions" / f"{record['id']}_solution.mp4", *shape)
     sample = {"video": clip, "prompt": record["prompt"]}
 
     pipe = load_pipeline(args.model_base_path, str(device), torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from wan_sft.config import InputError
-from wan_sft.data import (ClipDataset, Problem, Sample, check_samples, cover_crop, load_clip, read_training_csv,
+from wan_sft.data import (ClipDataset, Problem, Sample, check_samples, load_clip, read_training_csv,
                           validate_training_csv, write_training_csv)
 from wan_sft.video import write_video
 
@@ -125,10 +125,17 @@ def test_check_samples_classifies_problems(tmp_path, clip):
         f"row 6 ({short}): has 5 frames, fewer than --num_frames 9: DiffSynth would silently train on a 5-frame "
         f"clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim to resample it to 9 frames")
     assert warnings == [
-        Problem(7, wide, "is 128x64, not 64x64 (WxH): the centre crop would cut 50% of its width, likely cutting "
-                         "the puzzle; render the clip at a 64:64 aspect ratio", "aspect ratio differs"),
-        Problem(8, slightly_off, "is 64x68, not 64x64 (WxH): training resizes it (cover + centre crop)",
+        Problem(7, wide, "is 128x64, not 64x64 (WxH): training resizes it (--fit stretch)", "resolution differs"),
+        Problem(8, slightly_off, "is 64x68, not 64x64 (WxH): training resizes it (--fit stretch)",
                 "resolution differs")]
+    # only a crop the user asked for cuts the puzzle; a small cut is only a resize
+    fatal, warnings = check_samples(samples[6:], 9, 64, 64, fit="crop")
+    assert fatal == [Problem(7, wide, "is 128x64, not 64x64 (WxH): --fit crop would cut 50% of its width, likely "
+                                      "cutting the puzzle; use --fit stretch (the benchmark's mapping) or "
+                                      "--height/--width of a 128:64 aspect ratio", "crop cuts the puzzle")]
+    assert warnings == [Problem(8, slightly_off, "is 64x68, not 64x64 (WxH): training resizes it (--fit crop)",
+                                "resolution differs")]
+    assert check_samples(samples[6:], 9, 64, 64, fit="pad")[0] == []
 
 
 def test_validate_reports_first_problem_and_count(tmp_path, clip, capsys):
@@ -149,16 +156,6 @@ def test_validate_accepts_good_csv(tmp_path, clip):
     assert validate_training_csv(csv_path, 9, 64, 64) == [Sample(clip, "a", 1)]
 
 
-def test_cover_crop_matches_diffsynth_geometry_with_nearest():
-    image = Image.new("RGB", (4, 2))
-    image.putpixel((0, 0), (255, 0, 0))
-    out = cover_crop(image, 2, 2)  # scale 1, crop the middle two columns
-    assert out.size == (2, 2) and out.getpixel((0, 0)) == (0, 0, 0)
-    up = cover_crop(Image.new("RGB", (2, 2), (10, 20, 30)), 32, 64)
-    assert up.size == (32, 64) and up.getcolors() == [(32 * 64, (10, 20, 30))]  # NEAREST adds no blended colours
-    assert cover_crop(image, 4, 2) is image
-
-
 def test_load_clip_and_dataset(tmp_path, clip):
     frames = load_clip(clip, 5, 32, 64)
     assert len(frames) == 5 and all(frame.size == (64, 32) for frame in frames)
@@ -173,3 +170,16 @@ def test_written_csv_is_all_quoted(tmp_path):
     with open(tmp_path / "d.csv", newline="") as f:
         assert f.read() == '"video","prompt"\n"/a b.mp4","x"\n'
     assert list(csv.reader(open(tmp_path / "d.csv"))) == [["video", "prompt"], ["/a b.mp4", "x"]]
+
+
+def test_a_clip_longer_than_num_frames_stops_the_launcher(tmp_path):
+    long = make_video(tmp_path / "long.mp4", num_frames=13)
+    csv_path = write_text(tmp_path / "d.csv", "video,prompt\nlong.mp4,a\n")
+    with pytest.raises(InputError) as error:
+        validate_training_csv(csv_path, 9, 64, 64)
+    assert str(error.value) == (
+        f"{csv_path} row 1 ({long}): has 13 frames, more than --num_frames 9: training takes the first 9, so the "
+        f"solution would be cut at 69% of the clip; run prepare_csv.py --trim to resample the whole clip to 9 frames "
+        f"(first and last kept); run prepare_csv.py --csv {csv_path} --output fixed.csv to list them and write only "
+        f"the good rows")
+    assert check_samples([Sample(long, "a", 1)], 13, 64, 64) == ([], [])

@@ -21,8 +21,8 @@ TIMING_FIELDS = {"seconds_generate", "seconds_score", "worker"}
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vlmpuzzle")
-    generate_maze_task(root, 4, (3, 4), width=W, height=H, num_frames=FRAMES, fps=8)
-    generate_midpoint_task(root, 2, width=W, height=H, num_frames=FRAMES, fps=8)
+    generate_maze_task(root, 4, (3, 4), width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")
+    generate_midpoint_task(root, 2, width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")
     return root
 
 
@@ -70,7 +70,7 @@ def test_candidates_from_videos_and_selection_flags(dataset, tmp_path):
     candidates = tmp_path / "videos"
     for record in json.loads((dataset / "maze_square/data.json").read_text()):
         (candidates / "maze_square").mkdir(parents=True, exist_ok=True)
-        shutil.copy(dataset / "maze_square" / record["solution_video_path"],
+        shutil.copy(dataset / "maze_square" / f"solutions/{record['id']}_solution.mp4",
                     candidates / "maze_square" / f"{record['id']}.mp4")
     assert main(["--input_dir", str(dataset), "--candidates_dir", str(candidates), "--tasks", "maze_square",
                  "--limit", "3", "--output_dir", str(tmp_path / "a")]) == 0
@@ -103,7 +103,7 @@ def test_bad_inputs_fail_before_any_worker(dataset, tiny_model, tmp_path, capsys
 
 def test_bad_dataset_inputs(tmp_path, dataset, capsys):
     assert main(["--dataset_root", str(tmp_path)]) == 2
-    assert f"error: {tmp_path}: no data.json found below it; pass the VLMPuzzle dataset root" in capsys.readouterr().err
+    assert f"error: {tmp_path}: no puzzle dataset found; looked for data.json" in capsys.readouterr().err
     ids = tmp_path / "ids.txt"
     ids.write_text("maze_square/nope\n")
     assert main(["--dataset_root", str(dataset), "--candidates_dir", str(tmp_path), "--ids_file", str(ids)]) == 2

@@ -18,7 +18,7 @@ W, H, FRAMES = 96, 160, 9
 @pytest.fixture(scope="module")
 def puzzle(tmp_path_factory):
     root = tmp_path_factory.mktemp("puzzles")
-    record = generate_maze_task(root, 1, (3,), width=W, height=H, num_frames=FRAMES, fps=8)[0]
+    record = generate_maze_task(root, 1, (3,), width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")[0]
     return root / "maze_square" / record["image"]
 
 

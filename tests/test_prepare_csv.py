@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from wan_sft.data import cover_crop, read_training_csv
+from wan_sft.data import read_training_csv
+from wan_sft.geometry import fit_image
 from wan_sft.prepare import main
 from wan_sft.video import probe_video, read_frames, write_video
 
@@ -146,13 +147,21 @@ def test_bad_rows_are_dropped_listed_and_summarised(tmp_path, capsys):
             f"train on a 5-frame clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim") in out
     assert f"dropped row 8 ({good}): duplicate of row 1\n" in out
     assert f"dropped row 9 ({good}): prompt is empty; write one or pass --prompt TEXT\n" in out
-    assert (f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): the centre crop would cut 33% of its "
-            f"height, likely cutting the puzzle") in out
+    assert (f"warning row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): training resizes it (--fit stretch)\n"
+            in out)
     assert rows(tmp_path / "out.csv") == [(good, "ok"), (str(path("wide.mp4")), "x")]
     for line in ["rows in 9", "rows out 2", "dropped: unreadable video 1", "dropped: duplicate 1",
-                 "warning: aspect ratio differs 1"]:
+                 "warning: resolution differs 1"]:
         assert line in squeeze(out)
     assert run(capsys, "--csv", tmp_path / "in.csv", "--output", tmp_path / "out2.csv", "--allow_drop", *SIZE)[0] == 0
+    # a crop is made only when asked for; then one that would cut the puzzle drops the clip
+    code, out, _ = run(capsys, "--csv", tmp_path / "in.csv", "--output", tmp_path / "out3.csv", "--allow_drop",
+                       "--fit", "crop", *SIZE)
+    assert code == 0 and rows(tmp_path / "out3.csv") == [(good, "ok")]
+    assert (f"dropped row 7 ({path('wide.mp4')}): is 64x96, not 64x64 (WxH): --fit crop would cut 33% of its height, "
+            f"likely cutting the puzzle; use --fit stretch (the benchmark's mapping) or --height/--width of a 64:96 "
+            f"aspect ratio\n") in out
+    assert "dropped: crop cuts the puzzle 1" in squeeze(out)
 
 
 def test_strict_writes_nothing(tmp_path, capsys):
@@ -165,11 +174,13 @@ def test_strict_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout, message", [
-    ({}, "{root}: no data.json found below it; pass the VLMPuzzle dataset root (task folders each holding data.json)"),
+    ({}, "{root}: no puzzle dataset found; looked for data.json (a task folder), <task>/data.json (VLMPuzzle "
+         "layout), tasks/<task>/data.json (VideoThinkBench layout), or either layout one folder further down (a "
+         "folder of several roots)"),
     ({"t/data.json": {"id": 1}}, "{root}/t/data.json: expected a JSON list of puzzle records, found a dict"),
-    ({"t/data.json": [{"id": 7, "prompt": "p"}]},
-     "{root}/t/data.json record 1 (id 7): has neither solution_video_path nor solution_image_path; "
-     "add the path of the solution video"),
+    ({"t/data.json": [{"id": 7, "prompt": "p"}, {"id": "../../x", "prompt": "p"}]},
+     "{root}/t/data.json record 2: id '../../x' contains '/', so it cannot be used as a file name; give the record "
+     "a plain id (letters, digits, _ and -)"),
 ])
 def test_dataset_root_input_errors(tmp_path, capsys, layout, message):
     root = tmp_path / "root"
@@ -195,7 +206,7 @@ def test_trim_resamples_whole_clip_to_exact_shape(tmp_path, capsys):
         assert (info.num_frames, info.width, info.height) == (9, 64, 32)
         source_frames = read_frames(source)
         trimmed = [np.asarray(frame, np.float32) for frame in read_frames(video)]
-        expected = [np.asarray(cover_crop(source_frames[i], 64, 32), np.float32) for i in (0, -1)]
+        expected = [np.asarray(fit_image(source_frames[i], 64, 32), np.float32) for i in (0, -1)]
         assert np.abs(trimmed[0] - expected[0]).max() <= 3
         assert np.abs(trimmed[-1] - expected[1]).max() <= 3
 
@@ -230,3 +241,52 @@ def test_generate_dispatches_to_puzzles(monkeypatch):
     monkeypatch.setitem(sys.modules, "wan_sft.puzzles", fake)
     assert main(["generate", "--task", "maze_square"]) == 0
     assert calls == [["--task", "maze_square"]]
+
+
+def test_a_long_clip_is_refused_and_trim_keeps_its_answer(tmp_path, capsys):
+    """A 17-frame maze clip at --num_frames 9: its first 9 frames end before the path reaches the goal."""
+    from wan_sft.datasets import read_puzzles
+    from wan_sft.puzzles import generate_task
+    from wan_sft.scoring import score_maze
+
+    generate_task(tmp_path / "b", "maze_square", 1, width=96, height=160, num_frames=17, fps=8, grid_sizes=(3,))
+    item = read_puzzles(tmp_path / "b")[0]
+    size = ["--num_frames", "9", "--height", "160", "--width", "96", "--workers", "1"]
+    code, out, err = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", *size)
+    assert code == 1 and not (tmp_path / "d.csv").exists()
+    assert [line for line in out.splitlines() if line.startswith("dropped ")] == [(
+        f"dropped maze_square/data.json record 1 ({item.solution_video}): has 17 frames, more than --num_frames 9: "
+        f"training takes the first 9, so the solution would be cut at 53% of the clip; run prepare_csv.py --trim to "
+        f"resample the whole clip to 9 frames (first and last kept)")]
+    assert "dropped: too many frames 1" in squeeze(out) and err == "error: no usable rows; nothing written\n"
+    puzzle = Image.open(item.puzzle_path).convert("RGB")
+    first_nine = read_frames(item.solution_video, limit=9)
+    assert score_maze(first_nine[-1], puzzle, item.record, "maze_square")["failure_reason"] == "not_connected"
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--trim", *size)
+    assert code == 0
+    trimmed = read_frames(rows(tmp_path / "d.csv")[0][0])
+    source = read_frames(item.solution_video)
+    assert len(trimmed) == 9
+    for mine, theirs in ((trimmed[0], source[0]), (trimmed[-1], source[-1])):  # first and last frames kept
+        assert np.abs(np.asarray(mine, np.int16) - np.asarray(theirs, np.int16)).mean() < 1
+    assert score_maze(trimmed[-1], puzzle, item.record, "maze_square")["pass"]
+
+
+def test_summary_shows_canvases_and_clip_lengths_per_task_and_suggests_a_square_size(tmp_path, capsys):
+    from wan_sft.puzzles import generate_task
+
+    generate_task(tmp_path / "b", "midpoint", 2, width=96, height=96, num_frames=9, fps=8)
+    generate_task(tmp_path / "b", "circle_center", 1, width=96, height=96, num_frames=13, fps=8)
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--num_frames", 9,
+                       "--height", 96, "--width", 64, "--allow_drop")
+    assert code == 0
+    assert out.splitlines()[:4] == [
+        "puzzles per task (canvas WxH; solution clip length)",
+        "  circle_center  96x96 x1; 13 frames x1",
+        "  midpoint       96x96 x2; 9 frames x2",
+        "note: every puzzle is square; --height 512 --width 512 keeps their shape (now 64x96 WxH, pass the same size "
+        "to training and evaluation)"]
+    generate_task(tmp_path / "b", "maze_square", 1, width=96, height=128, num_frames=9, fps=8, grid_sizes=(3,))
+    code, out, _ = run(capsys, "--dataset_root", tmp_path / "b", "--output", tmp_path / "d.csv", "--num_frames", 9,
+                       "--height", 96, "--width", 64, "--allow_drop")
+    assert out.splitlines()[2] == "  maze_square    96x128 x1; 9 frames x1" and "note:" not in out

@@ -13,13 +13,18 @@ from wan_sft.video import probe_video, read_frames
 
 W, H, FRAMES = 96, 160, 9
 MAZE_FIELDS = {"id", "prompt", "canvas_dimensions", "start_point", "goal_point", "image",
-               "solution_image_path",
+               "solution_image_path", "seed",
                "grid_size", "cell_size", "maze_grid", "start", "goal", "cell_bboxes", "padding",
-               "solution_path_cell_ids", "solution_video_path", "video_fps", "video_num_frames"}
+               "solution_path_cell_ids"}  # layout A: the video is implied by the id
 
 
 def _maze(out, seed=0, num=2):
-    return generate_maze_task(out, num, (3, 5), seed=seed, width=W, height=H, num_frames=FRAMES, fps=8)
+    return generate_maze_task(out, num, (3, 5), seed=seed, width=W, height=H, num_frames=FRAMES, fps=8,
+                              layout="vlmpuzzle")
+
+
+def _video(record):
+    return f"solutions/{record['id']}_solution.mp4"
 
 
 def _files(root):
@@ -71,9 +76,9 @@ def test_maze_images_and_video(tmp_path):
     assert puzzle.size == (W, H) and record["canvas_dimensions"] == [W, H]
     start = puzzle.getpixel(tuple(int(v) for v in record["start_point"]))
     assert start == (220, 30, 30) and puzzle.getpixel((0, 0)) == (0, 0, 0)
-    info = probe_video(root / record["solution_video_path"])
-    assert (info.num_frames, info.width, info.height) == (FRAMES, W, H) == (record["video_num_frames"], W, H)
-    frames = read_frames(root / record["solution_video_path"])
+    info = probe_video(root / _video(record))
+    assert (info.num_frames, info.width, info.height) == (FRAMES, W, H)
+    frames = read_frames(root / _video(record))
     first = np.asarray(frames[0], dtype=np.int16)
     assert np.abs(first - np.asarray(puzzle, dtype=np.int16)).mean() < 3
     assert score_maze(frames[0], puzzle, record, "maze_square")["failure_reason"] == "not_connected"
@@ -91,15 +96,16 @@ def test_reveal_starts_from_the_puzzle_and_holds_the_solution():
 
 
 def test_midpoint(tmp_path):
-    records = generate_midpoint_task(tmp_path / "a", 2, seed=3, width=W, height=H, num_frames=FRAMES, fps=8)
-    generate_midpoint_task(tmp_path / "b", 2, seed=3, width=W, height=H, num_frames=FRAMES, fps=8)
+    options = dict(seed=3, width=W, height=H, num_frames=FRAMES, fps=8, layout="vlmpuzzle")
+    records = generate_midpoint_task(tmp_path / "a", 2, **options)
+    generate_midpoint_task(tmp_path / "b", 2, **options)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     root = tmp_path / "a" / "midpoint"
     for record in records:
         assert [c["label"] for c in record["candidates"]] == list("ABCDE")
         assert record["correct_option"] in "ABCDE" and "red" in record["prompt"]
-        frames = read_frames(root / record["solution_video_path"])
-        assert len(frames) == FRAMES == probe_video(root / record["solution_video_path"]).num_frames
+        frames = read_frames(root / _video(record))
+        assert len(frames) == FRAMES == probe_video(root / _video(record)).num_frames
         puzzle = Image.open(root / record["image"]).convert("RGB")
         assert np.abs(np.asarray(frames[0], dtype=np.int16) - np.asarray(puzzle, dtype=np.int16)).mean() < 3
         assert score_eyeballing(puzzle, record)["failure_reason"] == "too_few_red"
@@ -114,10 +120,12 @@ def test_midpoint(tmp_path):
 
 
 def test_validation_and_cli(tmp_path, capsys):
-    with pytest.raises(InputError):
-        generate_maze_task(tmp_path, 1, (5,), width=100, height=H, num_frames=FRAMES)
-    with pytest.raises(InputError):
-        generate_maze_task(tmp_path, 1, (5,), width=W, height=H, num_frames=10)
+    # the generator writes any clip length and canvas (VideoThinkBench's are 24..119 frames, 512x512), not only
+    # the model's 4k+1 frames and multiples of 32
+    with pytest.raises(InputError, match=r"^--width 30 --height 160 is invalid: both must be at least 32 pixels$"):
+        generate_maze_task(tmp_path, 1, (3,), width=30, height=H, num_frames=FRAMES)
+    with pytest.raises(InputError, match=r"^--num_frames 1 is invalid: a solution video needs at least 2 frames$"):
+        generate_maze_task(tmp_path, 1, (5,), width=W, height=H, num_frames=1)
     with pytest.raises(InputError):
         generate_maze_task(tmp_path, 1, (20,), width=W, height=H, num_frames=FRAMES)
     assert parse_grid("5..9") == [5, 6, 7, 8, 9] and parse_grid("7") == [7]
@@ -128,4 +136,4 @@ def test_validation_and_cli(tmp_path, capsys):
     assert "wrote 1 maze_square" in capsys.readouterr().out
     assert main_generate(["--out", str(tmp_path), "--task", "midpoint", "--num", "1", "--width", str(W),
                           "--height", str(H), "--num_frames", "81"]) == 0
-    assert len(json.loads((tmp_path / "midpoint/data.json").read_text())) == 1
+    assert len(json.loads((tmp_path / "tasks/midpoint/data.json").read_text())) == 1

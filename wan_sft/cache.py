@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .fsutil import atomic_write
+from .geometry import DEFAULT_FIT
 
 CACHED_INPUTS = ("input_latents", "first_frame_latents", "context")
 
@@ -25,8 +26,9 @@ def file_identity(path: str | os.PathLike) -> list:
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 
 
-def entry_key(video: str, prompt: str, num_frames: int, height: int, width: int, model_files, dtype) -> str:
-    parts = dict(video=file_identity(video), prompt=prompt, num_frames=num_frames, height=height, width=width,
+def entry_key(video: str, prompt: str, num_frames: int, height: int, width: int, model_files, dtype,
+              fit: str = DEFAULT_FIT) -> str:
+    parts = dict(video=file_identity(video), prompt=prompt, num_frames=num_frames, height=height, width=width, fit=fit,
                  vae=file_identity(model_files.vae), text_encoder=file_identity(model_files.text_encoder),
                  tokenizer=sorted(file_identity(p) for p in Path(model_files.tokenizer_dir).iterdir()),
                  dtype=str(dtype))
@@ -71,8 +73,8 @@ class CachedDataset(torch.utils.data.Dataset):
         return {**tensors, "index": index}
 
 
-def entry_paths(samples, cache_dir, num_frames, height, width, model_files, dtype) -> list[Path]:
-    return [entry_path(cache_dir, entry_key(s.video, s.prompt, num_frames, height, width, model_files, dtype))
+def entry_paths(samples, cache_dir, num_frames, height, width, model_files, dtype, fit=DEFAULT_FIT) -> list[Path]:
+    return [entry_path(cache_dir, entry_key(s.video, s.prompt, num_frames, height, width, model_files, dtype, fit))
             for s in samples]
 
 

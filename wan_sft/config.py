@@ -1,6 +1,8 @@
 """The model's hard rules and the project's defaults, stated once."""
 from __future__ import annotations
 
+from .geometry import DEFAULT_FIT, FITS
+
 DEFAULT_NUM_FRAMES = 81
 DEFAULT_HEIGHT = 896
 DEFAULT_WIDTH = 480
@@ -38,6 +40,9 @@ def add_training_args(parser) -> None:
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                        help="how a clip frame maps to WxH, as at inference: stretch (NEAREST resize, the "
+                             "benchmark's), crop (cover + centre crop), pad (letterbox on black)")
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
@@ -56,11 +61,14 @@ def add_training_args(parser) -> None:
                              "(forward and input gradients; e4m3, row-wise scales); the LoRA and AdamW stay fp32")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
     parser.add_argument("--val_dataset_root", default=None,
-                        help="VLMPuzzle dataset root: generate + score held-out puzzles during training (default: off)")
+                        help="puzzle dataset root (either layout): generate + score held-out puzzles during training "
+                             "(default: off)")
     parser.add_argument("--val_every", type=int, default=None, help="validate every N steps (default: --save_steps)")
     parser.add_argument("--val_count", type=int, default=8, help="puzzles to validate on (the first K by task/id)")
     parser.add_argument("--val_ids_file", default=None,
                         help="lines task/id to validate on (default: the CSV's <stem>_val_ids.txt if present, else all)")
+    parser.add_argument("--val_prompt_key", default=None,
+                        help="record key of the validation prompts (default: ti2v_prompt, else prompt)")
     parser.add_argument("--val_num_inference_steps", type=int, default=50)
     parser.add_argument("--val_cfg_scale", type=float, default=5.0)
 
@@ -80,6 +88,6 @@ def check_training_numbers(args) -> None:
     if not args.val_cfg_scale > 0:
         raise InputError(f"--val_cfg_scale {args.val_cfg_scale} is invalid: it must be positive (1 disables guidance)")
     if not args.val_dataset_root:
-        for name in ("val_every", "val_ids_file"):
+        for name in ("val_every", "val_ids_file", "val_prompt_key"):
             if getattr(args, name) is not None:
                 raise InputError(f"--{name} needs --val_dataset_root (the puzzles to validate on)")

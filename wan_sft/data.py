@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .config import InputError, check_video_shape
 from .fsutil import atomic_write
+from .geometry import DEFAULT_FIT, cut_fractions, fit_image
 from .video import probe_video, read_frames
 
 COLUMNS = ("video", "prompt")
@@ -134,14 +135,10 @@ def read_training_csv(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def _crop_fractions(width: int, height: int, target_width: int, target_height: int) -> tuple[float, float]:
-    """Share of the frame's width and height that a cover-resize + centre crop to the target cuts off."""
-    scale = max(target_width / width, target_height / height)
-    return 1 - target_width / (width * scale), 1 - target_height / (height * scale)
-
-
-def _check_video(video: str, num_frames: int, height: int, width: int) -> list[tuple[bool, str, str]]:
-    """(fatal, kind, reason) for one file."""
+def _check_video(video: str, num_frames: int | None, height: int, width: int,
+                 fit: str = DEFAULT_FIT) -> list[tuple[bool, str, str]]:
+    """(fatal, kind, reason) for one file; num_frames None accepts any length (prepare_csv --trim resamples it).
+    The end of a solution clip is its answer, so a clip longer than num_frames is refused like a short one."""
     file = Path(video)
     if not file.is_file():
         return [(True, "file not found", "file not found")]
@@ -153,31 +150,36 @@ def _check_video(video: str, num_frames: int, height: int, width: int) -> list[t
         return [(True, "unreadable video", str(error).removeprefix(f"{file}: "))]
     if info.num_frames == 1:
         return [(True, "not a video", "is a still image (1 frame), not a video; point the row at the clip")]
-    if info.num_frames < num_frames:
+    if num_frames is not None and info.num_frames < num_frames:
         used = (info.num_frames - 1) // 4 * 4 + 1
         return [(True, "too few frames",
                  f"has {info.num_frames} frames, fewer than --num_frames {num_frames}: DiffSynth would silently "
                  f"train on a {used}-frame clip (and <= 4 frames gives NaN loss); run prepare_csv.py --trim "
                  f"to resample it to {num_frames} frames")]
+    if num_frames is not None and info.num_frames > num_frames:
+        return [(True, "too many frames",
+                 f"has {info.num_frames} frames, more than --num_frames {num_frames}: training takes the first "
+                 f"{num_frames}, so the solution would be cut at {num_frames / info.num_frames:.0%} of the clip; run "
+                 f"prepare_csv.py --trim to resample the whole clip to {num_frames} frames (first and last kept)")]
     if (info.width, info.height) == (width, height):
         return []
-    cut_w, cut_h = _crop_fractions(info.width, info.height, width, height)
     size = f"is {info.width}x{info.height}, not {width}x{height} (WxH)"
-    if max(cut_w, cut_h) > MAX_CROP_FRACTION:
+    cut_w, cut_h = cut_fractions((info.width, info.height), (width, height), fit)
+    if max(cut_w, cut_h) > MAX_CROP_FRACTION:  # only --fit crop cuts
         side, cut = ("width", cut_w) if cut_w >= cut_h else ("height", cut_h)
-        return [(False, "aspect ratio differs",
-                 f"{size}: the centre crop would cut {cut:.0%} of its {side}, likely cutting the puzzle; "
-                 f"render the clip at a {width}:{height} aspect ratio")]
-    return [(False, "resolution differs", f"{size}: training resizes it (cover + centre crop)")]
+        return [(True, "crop cuts the puzzle",
+                 f"{size}: --fit crop would cut {cut:.0%} of its {side}, likely cutting the puzzle; use --fit stretch "
+                 f"(the benchmark's mapping) or --height/--width of a {info.width}:{info.height} aspect ratio")]
+    return [(False, "resolution differs", f"{size}: training resizes it (--fit {fit})")]
 
 
-def check_samples(samples: list[Sample], num_frames: int, height: int, width: int,
-                  workers: int | None = None) -> tuple[list[Problem], list[Problem]]:
+def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int,
+                  workers: int | None = None, fit: str = DEFAULT_FIT) -> tuple[list[Problem], list[Problem]]:
     """Decode every video once, in parallel; return (fatal problems, warnings) in row order."""
     videos = list(dict.fromkeys(sample.video for sample in samples))
     # Threads suffice: FFmpeg decodes outside the GIL, and no fork happens inside a training process.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(lambda video: _check_video(video, num_frames, height, width), videos)
+        results = pool.map(lambda video: _check_video(video, num_frames, height, width, fit), videos)
         findings = dict(zip(videos, tqdm(results, total=len(videos), desc="checking videos", unit="video",
                                          disable=len(videos) < PROGRESS_MIN_ITEMS)))
     fatal, warnings = [], []
@@ -188,11 +190,11 @@ def check_samples(samples: list[Sample], num_frames: int, height: int, width: in
 
 
 def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int, width: int,
-                          max_warnings_shown: int = 10) -> list[Sample]:
+                          max_warnings_shown: int = 10, fit: str = DEFAULT_FIT) -> list[Sample]:
     """Everything training needs from the CSV, checked before any model is loaded."""
     check_video_shape(num_frames, height, width)
     samples = read_training_csv(path)
-    fatal, warnings = check_samples(samples, num_frames, height, width)
+    fatal, warnings = check_samples(samples, num_frames, height, width, fit=fit)
     for warning in warnings[:max_warnings_shown]:
         print(f"warning: {path} {warning}", file=sys.stderr)
     if len(warnings) > max_warnings_shown:
@@ -205,37 +207,28 @@ def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int,
     return samples
 
 
-def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
-    """DiffSynth's resize (scale to cover W x H, centre crop), but NEAREST so maze walls and lines stay crisp."""
-    if image.size == (width, height):
-        return image
-    scale = max(width / image.width, height / image.height)
-    scaled_w, scaled_h = round(image.width * scale), round(image.height * scale)
-    image = image.resize((scaled_w, scaled_h), Image.NEAREST)
-    left, top = int(round((scaled_w - width) / 2)), int(round((scaled_h - height) / 2))
-    return image.crop((left, top, left + width, top + height))
-
-
-def load_clip(path: str | os.PathLike, num_frames: int, height: int, width: int) -> list[Image.Image]:
-    """The first num_frames frames at W x H, as training feeds them to the model."""
+def load_clip(path: str | os.PathLike, num_frames: int, height: int, width: int,
+              fit: str = DEFAULT_FIT) -> list[Image.Image]:
+    """The first num_frames frames mapped to W x H (wan_sft/geometry.py, as inference maps the puzzle), as training
+    feeds them to the model."""
     frames = read_frames(path, limit=num_frames)
     if len(frames) < num_frames:
         raise InputError(f"{path}: has only {len(frames)} frames, fewer than --num_frames {num_frames}; "
                          f"run prepare_csv.py --trim to resample it")
-    return [cover_crop(frame, width, height) for frame in frames]
+    return [fit_image(frame, width, height, fit) for frame in frames]
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    def __init__(self, samples: list[Sample], num_frames: int, height: int, width: int):
+    def __init__(self, samples: list[Sample], num_frames: int, height: int, width: int, fit: str = DEFAULT_FIT):
         self.samples = samples
-        self.num_frames, self.height, self.width = num_frames, height, width
+        self.num_frames, self.height, self.width, self.fit = num_frames, height, width, fit
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        video = load_clip(sample.video, self.num_frames, self.height, self.width)
+        video = load_clip(sample.video, self.num_frames, self.height, self.width, self.fit)
         return {"video": video, "prompt": sample.prompt, "index": index}
 
 

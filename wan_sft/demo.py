@@ -1,8 +1,10 @@
-"""The demo: the tiny random-weight model and a few generated mazes under ./demo, sized to run on 2 CPU cores."""
+"""The demo: the tiny random-weight model and a few generated puzzles under ./demo, sized to run on 2 CPU cores.
+
+demo/datasets/mazes (VLMPuzzle layout) is trained on, all but the held-out few; demo/datasets/eyeballing
+(VideoThinkBench layout, midpoint and circle_center) is only evaluated, beside the held-out mazes."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .config import InputError
@@ -10,19 +12,24 @@ from .config import InputError
 DEMO_ROOT = Path("demo")
 SIZE = dict(num_frames=9, height=160, width=96)  # 4k+1 frames, multiples of 32
 NUM_PUZZLES, NUM_HELD_OUT = 12, 4
+EYEBALLING = {"midpoint": 2, "circle_center": 2}  # evaluated only: training time stays that of the mazes
 DEMO_INFERENCE_STEPS = 4
 
 
 def demo_paths(root: Path = DEMO_ROOT) -> dict[str, Path]:
-    return dict(root=root, model=root / "model", puzzles=root / "puzzles", csv=root / "dataset.csv",
-                val_ids=root / "dataset_val_ids.txt", output=root / "output")
+    return dict(root=root, model=root / "model", datasets=root / "datasets", puzzles=root / "datasets" / "mazes",
+                eyeballing=root / "datasets" / "eyeballing", csv=root / "dataset.csv",
+                val_ids=root / "dataset_val_ids.txt", eval_ids=root / "eval_ids.txt", output=root / "output")
 
 
 def prepare_demo(root: Path = DEMO_ROOT) -> dict[str, Path]:
-    """Write (or reuse) the tiny model, the generated mazes and the training CSV with its held-out ids."""
+    """Write (or reuse) the tiny model, the generated puzzles, the training CSV with its held-out ids, and the
+    evaluation's ids (held-out mazes + eyeballing puzzles)."""
+    from .datasets import read_puzzles
+    from .fsutil import atomic_write
     from .model_files import REGISTRY_FILE, write_model_folder
     from .prepare import main as prepare_csv
-    from .puzzles import generate_maze_task
+    from .puzzles import generate_maze_task, generate_task
 
     paths = demo_paths(root)
     if not (paths["model"] / REGISTRY_FILE).is_file():
@@ -30,12 +37,20 @@ def prepare_demo(root: Path = DEMO_ROOT) -> dict[str, Path]:
         write_model_folder(paths["model"], "tiny")
     if not (paths["puzzles"] / "maze_square" / "data.json").is_file():
         print(f"demo: generating {NUM_PUZZLES} mazes in {paths['puzzles']}", flush=True)
-        generate_maze_task(paths["puzzles"], NUM_PUZZLES, grid_sizes=(3, 4), seed=0, fps=8, **SIZE)
+        generate_maze_task(paths["puzzles"], NUM_PUZZLES, grid_sizes=(3, 4), seed=0, fps=8, layout="vlmpuzzle",
+                           **SIZE)
+    for task, count in EYEBALLING.items():
+        if not (paths["eyeballing"] / "tasks" / task / "data.json").is_file():
+            print(f"demo: generating {count} {task} puzzles in {paths['eyeballing']}", flush=True)
+            generate_task(paths["eyeballing"], task, count, seed=0, fps=8, layout="videothinkbench", **SIZE)
     if not paths["csv"].is_file() or not paths["val_ids"].is_file():
         code = prepare_csv(["--dataset_root", str(paths["puzzles"]), "--output", str(paths["csv"]),
                             "--val_count", str(NUM_HELD_OUT), *[f"--{k}={v}" for k, v in SIZE.items()]])
         if code != 0:
             raise SystemExit(f"demo: prepare_csv failed with exit code {code}")
+    if not paths["eval_ids"].is_file():
+        keys = paths["val_ids"].read_text().split() + [item.key for item in read_puzzles(paths["eyeballing"])]
+        atomic_write(paths["eval_ids"], "".join(f"{key}\n" for key in keys))
     return paths
 
 
@@ -64,17 +79,17 @@ def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
 
 def demo_inference_args(args: argparse.Namespace) -> None:
     """inference.py --demo: the first held-out puzzle, with its own prompt."""
+    from .datasets import read_puzzles
+
     paths = _demo_generation_args(args)
-    task, puzzle_id = paths["val_ids"].read_text().split()[0].split("/")
-    records = json.loads((paths["puzzles"] / task / "data.json").read_text())
-    record = next(r for r in records if r["id"] == puzzle_id)
-    args.input_image = str(paths["puzzles"] / task / record["image"])
-    args.prompt = record["prompt"]
-    args.output = str(paths["root"] / "inference" / f"{puzzle_id}.mp4")
+    key = paths["val_ids"].read_text().split()[0]
+    item = next(item for item in read_puzzles(paths["puzzles"]) if item.key == key)
+    args.input_image, args.prompt = str(item.puzzle_path), item.prompt
+    args.output = str(paths["root"] / "inference" / f"{item.id}.mp4")
 
 
 def demo_eval_args(args: argparse.Namespace) -> None:
-    """parallel_eval.py --demo: the held-out puzzles, 2 CPU workers."""
+    """parallel_eval.py --demo: the held-out mazes and the eyeballing puzzles, 2 CPU workers."""
     paths = _demo_generation_args(args)
-    args.dataset_root, args.ids_file = str(paths["puzzles"]), str(paths["val_ids"])
+    args.dataset_root, args.ids_file = str(paths["datasets"]), str(paths["eval_ids"])
     args.output_dir, args.workers = str(paths["root"] / "eval"), 2

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .config import InputError
+from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import atomic_save_image, atomic_write
+from .geometry import DEFAULT_FIT, fit_image
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
 from .scoring import is_maze_task, overlay_image, score_item
@@ -41,44 +42,10 @@ SUMMARY_FILE = "summary.json"
 # ---------------------------------------------------------------- the items of a dataset
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    task: str  # task folder relative to the dataset root, e.g. "maze_square"
-    id: str
-    task_dir: str  # absolute
-    record: dict
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.id}"
-
-    @property
-    def puzzle_path(self) -> Path:
-        return Path(self.task_dir) / self.record["image"]
-
-    @property
-    def prompt(self) -> str:
-        return str(self.record.get("ti2v_prompt") or self.record["prompt"])
-
-
-def find_items(dataset_root: str | os.PathLike) -> list[EvalItem]:
-    """Every record of every data.json below the root, sorted by (task, id)."""
-    from .puzzles import read_dataset_records
-
-    items = []
-    for task, task_dir, where, record in read_dataset_records(dataset_root):
-        item_id = str(record.get("id", ""))
-        if not item_id or "/" in item_id or "\\" in item_id or item_id.startswith("."):
-            raise InputError(f"{where}: needs an 'id' usable as a file name (got {record.get('id')!r})")
-        if not record.get("image"):
-            raise InputError(f"{where} (id {item_id}): has no 'image' (the puzzle image path)")
-        if not (record.get("ti2v_prompt") or record.get("prompt")):
-            raise InputError(f"{where} (id {item_id}): has no 'prompt'")
-        items.append(EvalItem(task, item_id, str(task_dir), record))
-    items.sort(key=lambda item: (item.task, item.id))
-    duplicates = [key for key, count in Counter(item.key for item in items).items() if count > 1]
-    if duplicates:
-        raise InputError(f"puzzle {duplicates[0]} appears more than once in its data.json; ids must be unique")
+def find_items(dataset_root: str | os.PathLike, prompt_key: str | None = None) -> list[PuzzleItem]:
+    """Every puzzle below the root (wan_sft/datasets.py), sorted by (task, id); each needs a prompt."""
+    items = read_puzzles(dataset_root, prompt_key)
+    require_prompts(items, prompt_key)
     return items
 
 
@@ -100,8 +67,8 @@ def read_ids_file(path: str | os.PathLike) -> list[str]:
     return keys
 
 
-def select_items(items: list[EvalItem], tasks: str | None = None, ids_file: str | None = None,
-                 limit: int | None = None, num_shards: int = 1, shard_index: int = 0) -> list[EvalItem]:
+def select_items(items: list[PuzzleItem], tasks: str | None = None, ids_file: str | None = None,
+                 limit: int | None = None, num_shards: int = 1, shard_index: int = 0) -> list[PuzzleItem]:
     """Filter by tasks / ids file, keep the first `limit` per task, then take this shard's every num_shards-th item."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit} is invalid: it must be at least 1")
@@ -162,12 +129,12 @@ def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
     return output_dir / task / f"{item_id}{suffix}"
 
 
-def is_finished(output_dir: Path, item: EvalItem) -> bool:
+def is_finished(output_dir: Path, item: PuzzleItem) -> bool:
     return item_path(output_dir, item.task, item.id, "result").is_file()
 
 
-def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bool,
-                     seconds_generate: float | None, worker: str) -> dict:
+def score_and_record(item: PuzzleItem, last_frame, output_dir: Path, has_video: bool,
+                     seconds_generate: float | None, worker: str, fit: str = DEFAULT_FIT) -> dict:
     """Save the last frame and overlay, score, then write the item's JSON (last: it marks the item finished)."""
     start = time.perf_counter()
     task_name = Path(item.task).name  # the rule depends on the task kind, not on where the folder sits
@@ -175,7 +142,7 @@ def score_and_record(item: EvalItem, last_frame, output_dir: Path, has_video: bo
     score = score_item(last_frame, puzzle, item.record, task_name)
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
     # The puzzle as the model and the scorer saw it, inside output_dir so the report is self-contained.
-    atomic_save_image(puzzle.resize(last_frame.size, Image.NEAREST), item_path(output_dir, item.task, item.id, "input"))
+    atomic_save_image(fit_image(puzzle, *last_frame.size, fit), item_path(output_dir, item.task, item.id, "input"))
     atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
                       item_path(output_dir, item.task, item.id, "overlay"))
     relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix()
@@ -202,7 +169,7 @@ class GenerationJob:
     fp8: bool = False
 
 
-def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict:
+def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> dict:
     from .video import write_video
 
     output_dir = Path(job.output_dir)
@@ -210,17 +177,17 @@ def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
     seconds = time.perf_counter() - start
     write_video(item_path(output_dir, item.task, item.id, "video"), frames, fps=job.fps)
-    return score_and_record(item, frames[-1], output_dir, True, seconds, worker)
+    return score_and_record(item, frames[-1], output_dir, True, seconds, worker, job.settings.fit)
 
 
-def candidate_files(candidates_dir: Path, item: EvalItem) -> tuple[Path | None, Path | None]:
+def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None, Path | None]:
     """(last-frame PNG, video) of an item in a --candidates_dir, either may be None."""
     frame = item_path(candidates_dir, item.task, item.id, "frame")
     video = item_path(candidates_dir, item.task, item.id, "video")
     return (frame if frame.is_file() else None), (video if video.is_file() else None)
 
 
-def rescore_item(item: EvalItem, candidates_dir: Path, output_dir: Path) -> dict:
+def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path, fit: str = DEFAULT_FIT) -> dict:
     """Score a candidate: its PNG if there is one (lossless), else the last decoded frame of its mp4."""
     from .video import read_frames
 
@@ -228,7 +195,7 @@ def rescore_item(item: EvalItem, candidates_dir: Path, output_dir: Path) -> dict
     last_frame = read_image(frame_file) if frame_file else read_frames(video_file)[-1]
     if video_file:
         atomic_write(item_path(output_dir, item.task, item.id, "video"), video_file.read_bytes())
-    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score")
+    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score", fit)
 
 
 # ---------------------------------------------------------------- workers
@@ -308,7 +275,7 @@ def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
     return [WorkerSpec(f"cpu{i}", None, threads) for i in range(workers)]
 
 
-def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
+def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
                 log=print) -> dict[str, str]:
     """Hand items out one at a time to whichever worker is free; returns {item key: why it is unfinished}."""
     from multiprocessing.connection import wait
@@ -375,7 +342,7 @@ def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJ
 # ---------------------------------------------------------------- results, summary, report
 
 
-def read_item_results(output_dir: Path, items: list[EvalItem] | None = None) -> list[dict]:
+def read_item_results(output_dir: Path, items: list[PuzzleItem] | None = None) -> list[dict]:
     """The per-item JSONs of `items` (all under output_dir when None), sorted by task then id."""
     if items is not None:
         paths = [item_path(output_dir, item.task, item.id, "result") for item in items]
@@ -472,13 +439,15 @@ def parse_args(argv) -> argparse.Namespace:
         description="Generate, score and summarize VLMPuzzle items (one worker per GPU). "
                     "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.")
     parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root",
-                        help="VLMPuzzle dataset root (task folders with data.json)")
+                        help="puzzle dataset (VLMPuzzle or VideoThinkBench layout, a task folder, or a folder of them)")
     parser.add_argument("--demo", action="store_true",
                         help="the demo's held-out puzzles with the LoRA of `train_single_node.sh --demo`")
     parser.add_argument("--output_dir", default="./output/eval")
-    parser.add_argument("--tasks", default=None, help="comma list of task folders (default: all)")
+    parser.add_argument("--tasks", default=None, help="comma list of task names (task folder names; default: all)")
     parser.add_argument("--limit", type=int, default=None, help="first N puzzles (by id) per task")
     parser.add_argument("--ids_file", default=None, help="lines task/id to evaluate, e.g. <stem>_val_ids.txt")
+    parser.add_argument("--prompt_key", default=None,
+                        help="record key of the prompt (default: ti2v_prompt, else prompt)")
     parser.add_argument("--candidates_dir", default=None,
                         help="score existing <task>/<id>.png (or .mp4) outputs instead of generating; loads no model")
     parser.add_argument("--gpus", default=None, help="GPU indices, one worker each (default: all visible)")
@@ -500,19 +469,19 @@ def parse_args(argv) -> argparse.Namespace:
 
 def run_settings(args) -> dict:
     if args.candidates_dir:
-        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve())}
+        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve()), "fit": args.fit}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-            "negative_prompt": args.negative_prompt, "fps": args.fps,
-            "fp8": "approximate: DiT block linears in FP8 (--fp8)" if args.fp8 else False}
+            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key,
+            "fit": args.fit, "fp8": "approximate: DiT block linears in FP8 (--fp8)" if args.fp8 else False}
 
 
 def evaluate(argv) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
     # Everything is checked before a worker starts or a file is written.
-    items = select_items(find_items(args.dataset_root), args.tasks, args.ids_file, args.limit,
+    items = select_items(find_items(args.dataset_root, args.prompt_key), args.tasks, args.ids_file, args.limit,
                          args.num_shards, args.shard_index)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a folder")
@@ -553,7 +522,7 @@ def evaluate(argv) -> int:
     start = time.time()
     if args.candidates_dir:
         for item in todo:
-            on_result(rescore_item(item, candidates_dir, output_dir))
+            on_result(rescore_item(item, candidates_dir, output_dir, args.fit))
         problems = {}
     elif todo:
         job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),

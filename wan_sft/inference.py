@@ -1,8 +1,9 @@
 """Image-to-video generation with Wan2.2-TI2V-5B (+ an optional fused LoRA): the reusable parts and the CLI.
 
 `load_generator` + `generate` are what evaluation and in-training validation call; `main` is inference.py.
-Protocol (VLMPuzzle): the puzzle is resized to W x H with NEAREST, and the last frame that is scored is the decoded
-PIL frame from the pipeline, never a re-read of the lossy mp4.
+Protocol (VLMPuzzle): the puzzle is resized to W x H with NEAREST (`--fit stretch`, wan_sft/geometry.py; training
+maps clips the same way), and the last frame that is scored is the decoded PIL frame from the pipeline, never a
+re-read of the lossy mp4.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
 from .fsutil import atomic_save_image
+from .geometry import DEFAULT_FIT, FITS, fit_image
 
 # Wan's default negative prompt (as in the Wan2.2 repository and DiffSynth's examples).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -37,6 +39,7 @@ class GenerationSettings:
     cfg_scale: float = 5.0
     seed: int = 0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    fit: str = DEFAULT_FIT
 
 
 def default_device() -> str:
@@ -60,11 +63,14 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fp8", action="store_true",
                         help="APPROXIMATE, faster on Hopper GPUs: the DiT block linears in FP8 (e4m3, row-wise scales) "
                              "after the LoRA is fused; outputs differ from bf16 (bench/RESULTS.md)")
+    parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                        help="how the puzzle maps to WxH; use the training's --fit (default stretch: NEAREST resize, "
+                             "the benchmark's protocol)")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
     return GenerationSettings(args.num_frames, args.height, args.width, args.num_inference_steps, args.cfg_scale,
-                              args.seed, args.negative_prompt)
+                              args.seed, args.negative_prompt, args.fit)
 
 
 def check_generation_args(args: argparse.Namespace) -> None:
@@ -134,17 +140,20 @@ def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool
     return pipe, fused
 
 
+def model_input_image(image: Image.Image, settings: GenerationSettings) -> Image.Image:
+    """The puzzle as the model gets it: mapped to W x H under settings.fit, NEAREST so walls stay crisp."""
+    return fit_image(image, settings.width, settings.height, settings.fit)
+
+
 def generate(pipe, image: Image.Image, prompt: str, settings: GenerationSettings,
              show_progress: bool = False, tiled_decode: bool = False) -> list[Image.Image]:
-    """The generated frames (PIL); the image is resized to W x H with NEAREST so walls stay crisp.
+    """The generated frames (PIL); the image is mapped to W x H by `model_input_image` (training's geometry).
 
     The VAE decodes the whole video at once unless `tiled_decode` (DiffSynth's default, in overlapping tiles):
     less memory, for generating beside training; untiled is 1.4 s faster per 896x480x81 video on an H100 and
     within 47.6 dB PSNR of tiled (bench/RESULTS.md).
     """
-    image = image.convert("RGB")
-    if image.size != (settings.width, settings.height):
-        image = image.resize((settings.width, settings.height), Image.NEAREST)
+    image = model_input_image(image, settings)
     kwargs = {} if show_progress else {"progress_bar_cmd": lambda iterable: iterable}
     return pipe(prompt=prompt, negative_prompt=settings.negative_prompt, input_image=image,
                 height=settings.height, width=settings.width, num_frames=settings.num_frames,

@@ -18,8 +18,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
-from .data import Sample, check_samples, cover_crop, read_csv_cells, read_utf8, resolve_video, write_training_csv
+from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
 from .fsutil import atomic_write
+from .geometry import DEFAULT_FIT, FITS, fit_image
 from .video import read_frames, write_video
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
@@ -34,23 +35,16 @@ class Entry:
     prompt: str
     source: str  # e.g. "row 3", "line 5", "maze_square/data.json record 2", "clip.mp4"
     puzzle: str = ""  # "task/id" for dataset-root input: the unit of the validation split
+    image: str = ""  # the puzzle image, for dataset-root input
 
 
-def entries_from_dataset_root(root: Path) -> list[Entry]:
-    """Every data.json below a VLMPuzzle root: video = solution_video_path or the solution image's .mp4 twin."""
-    from .puzzles import read_dataset_records, solution_video_path
+def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list[Entry]:
+    """Every puzzle of a dataset root (wan_sft/datasets.py): its solution video and prompt."""
+    from .datasets import read_puzzles
 
-    entries = []
-    for task, task_dir, where, record in read_dataset_records(root):
-        video = solution_video_path(record)
-        if not video:
-            raise InputError(f"{where} (id {record.get('id')}): has neither solution_video_path nor "
-                             f"solution_image_path; add the path of the solution video")
-        prompt = record.get("ti2v_prompt") or record.get("prompt") or ""
-        number = where.rsplit(" ", 1)[-1]
-        entries.append(Entry(resolve_video(video, task_dir), str(prompt),
-                             f"{task}/data.json record {number}", f"{task}/{record.get('id', number)}"))
-    return entries
+    return [Entry(str(item.solution_video), item.prompt,
+                  f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}", item.key, str(item.puzzle_path))
+            for item in read_puzzles(root, prompt_key)]
 
 
 def entries_from_jsonl(path: Path) -> list[Entry]:
@@ -113,22 +107,22 @@ def split_validation(entries: list[Entry], count: int | None, fraction: float | 
     return [entry for entry in entries if entry.puzzle not in held_out], sorted(held_out)
 
 
-def trim_clip(job: tuple[str, str, int, int, int]) -> None:
+def trim_clip(job: tuple[str, str, int, int, int, str]) -> None:
     """Resample a whole clip to exactly num_frames (first and last source frames kept, so the final frames show
-    the solution; short clips hold frames), resized like load_clip."""
-    source, target, num_frames, height, width = job
+    the solution; short clips hold frames), mapped to W x H like load_clip."""
+    source, target, num_frames, height, width, fit = job
     frames = read_frames(source)
     last = len(frames) - 1
     picked = [frames[round(i * last / (num_frames - 1))] for i in range(num_frames)]
-    write_video(target, [cover_crop(frame, width, height) for frame in picked], fps=TRIM_FPS)
+    write_video(target, [fit_image(frame, width, height, fit) for frame in picked], fps=TRIM_FPS)
 
 
-def trim_clips(videos: list[str], folder: Path, num_frames: int, height: int, width: int,
+def trim_clips(videos: list[str], folder: Path, num_frames: int, height: int, width: int, fit: str,
                workers: int | None) -> dict[str, str]:
     """Trim each distinct video into folder, in parallel; returns source path -> trimmed path."""
     targets = {video: str(folder / f"{number:06d}_{Path(video).stem}.mp4")
                for number, video in enumerate(dict.fromkeys(videos), 1)}
-    jobs = [(source, target, num_frames, height, width) for source, target in targets.items()]
+    jobs = [(source, target, num_frames, height, width, fit) for source, target in targets.items()]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for _ in tqdm(pool.map(trim_clip, jobs), total=len(jobs), desc="trimming clips", unit="clip"):
             pass
@@ -141,7 +135,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Write a checked, fully quoted video,prompt training CSV. "
                     "'prepare_csv.py generate --help' generates synthetic puzzle datasets instead.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_root", type=Path, help="VLMPuzzle root: every data.json below it")
+    source.add_argument("--dataset_root", type=Path,
+                        help="puzzle dataset (VLMPuzzle or VideoThinkBench layout, a task folder, or a folder of them)")
+    parser.add_argument("--prompt_key", default=None,
+                        help="record key of the prompt with --dataset_root (default: ti2v_prompt, else prompt)")
     source.add_argument("--jsonl", type=Path, help="one JSON object per line with video (or video_path) and prompt")
     source.add_argument("--video_dir", type=Path, help="folder of videos with same-name .txt captions")
     source.add_argument("--csv", type=Path, help="an existing CSV to re-check and re-quote")
@@ -149,6 +146,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
+                        help="how clips map to WxH (checks and --trim); use training's --fit (default stretch)")
     parser.add_argument("--prompt", help="prompt for every clip that has none (no caption, empty prompt)")
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--allow_drop", action="store_true", help="exit 0 even if bad rows were dropped")
@@ -168,7 +167,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def gather_entries(args: argparse.Namespace) -> list[Entry]:
     if args.dataset_root:
-        return entries_from_dataset_root(args.dataset_root)
+        return entries_from_dataset_root(args.dataset_root, args.prompt_key)
     if args.jsonl:
         return entries_from_jsonl(args.jsonl)
     if args.video_dir:
@@ -188,6 +187,38 @@ def print_summary(rows_in: int, held_out: int, rows_out: int, dropped: list[tupl
         print(f"  {label:<{width}}  {n:>7}")
 
 
+def print_dataset_shapes(entries: list[Entry], height: int, width: int) -> None:
+    """Per task, the puzzle canvas sizes and solution clip lengths found (headers only), and the size to train at
+    when every puzzle is square."""
+    from PIL import Image
+
+    from .video import header_frame_count
+
+    canvases: dict[str, Counter] = {}
+    lengths: dict[str, Counter] = {}
+    for entry in entries:
+        task = entry.puzzle.split("/")[0]
+        try:
+            with Image.open(entry.image) as image:
+                canvas = f"{image.width}x{image.height}"
+        except (OSError, ValueError):
+            canvas = "unreadable"
+        canvases.setdefault(task, Counter())[canvas] += 1
+        frames = header_frame_count(entry.video) if entry.video else None
+        lengths.setdefault(task, Counter())[f"{frames} frames" if frames else "length unknown"] += 1
+    print("puzzles per task (canvas WxH; solution clip length)")
+    width_task = max(len(task) for task in canvases)
+    for task in sorted(canvases):
+        found = ", ".join(f"{key} x{n}" for key, n in sorted(canvases[task].items()))
+        clips = ", ".join(f"{key} x{n}" for key, n in sorted(lengths[task].items()))
+        print(f"  {task:<{width_task}}  {found}; {clips}")
+    sizes = [tuple(map(int, canvas.split("x"))) for counts in canvases.values() for canvas in counts
+             if canvas != "unreadable"]
+    if sizes and all(w == h for w, h in sizes) and width != height:
+        print(f"note: every puzzle is square; --height 512 --width 512 keeps their shape (now {width}x{height} WxH, "
+              f"pass the same size to training and evaluation)")
+
+
 def find_problems(entries: list[Entry], args: argparse.Namespace):
     """(dropped: entry index -> (entry, kind, reason), warnings as (entry, kind, reason), entries to keep)."""
     dropped: dict[int, tuple[Entry, str, str]] = {}
@@ -202,10 +233,10 @@ def find_problems(entries: list[Entry], args: argparse.Namespace):
         else:
             first_seen[entry.video, entry.prompt] = entry
     # Sample.row holds the entry's index here, so problems map back to entries.
-    # With --trim any length works: the clip is resampled; only the aspect-ratio warning still matters.
+    # With --trim any length works (None): the clip is resampled; only the geometry findings still matter.
     samples = [Sample(entry.video, entry.prompt, index) for index, entry in enumerate(entries) if index not in dropped]
-    fatal, warnings = check_samples(samples, 1 if args.trim else args.num_frames, args.height, args.width,
-                                    args.workers)
+    fatal, warnings = check_samples(samples, None if args.trim else args.num_frames, args.height, args.width,
+                                    args.workers, fit=args.fit)
     for problem in fatal:
         dropped[problem.row] = (entries[problem.row], problem.kind, problem.reason)
     warned = [(entries[p.row], p.kind, p.reason) for p in warnings
@@ -218,6 +249,8 @@ def prepare(args: argparse.Namespace) -> int:
     check_video_shape(args.num_frames, args.height, args.width)
     entries = gather_entries(args)
     rows_in = len(entries)
+    if args.dataset_root:
+        print_dataset_shapes(entries, args.height, args.width)
     if args.prompt:
         entries = [entry if entry.prompt.strip() else replace(entry, prompt=args.prompt) for entry in entries]
     held_out = []
@@ -241,7 +274,7 @@ def prepare(args: argparse.Namespace) -> int:
     videos = {entry.video: entry.video for entry in kept}
     if args.trim:
         clips = args.output.parent / f"{args.output.stem}_clips"
-        videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.workers)
+        videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.fit, args.workers)
     write_training_csv(args.output, [(videos[entry.video], entry.prompt) for entry in kept])
     print(f"wrote {args.output} ({len(kept)} rows)")
     if held_out:

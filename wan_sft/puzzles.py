@@ -1,14 +1,15 @@
-"""Seeded generators of VLMPuzzle-format tasks (square mazes, midpoint eyeballing) with solution videos.
+"""Seeded generators of puzzle tasks (square mazes; midpoint and circle_center eyeballing) with solution videos,
+written in the VLMPuzzle or the VideoThinkBench layout (../shared/VIDEOTHINKBENCH.md §1).
 
-Same seed -> same PNG and data.json bytes: every puzzle draws from its own random.Random seeded by
-(task, seed, index), and rendering is integer numpy / PIL drawing only.
+Same seed -> same PNG, data.json, manifest and report bytes: every puzzle draws from its own random.Random seeded
+by a hash of (task, seed, index), and rendering is integer numpy / PIL drawing only.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
-import os
 import random
 import sys
 from collections import deque
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .config import InputError, check_video_shape
+from .config import InputError
 from .fsutil import atomic_save_image, atomic_write
 from .video import write_video
 
@@ -30,50 +31,6 @@ PASSAGE_COLOR = (255, 255, 255)
 ENDPOINT_COLOR = (220, 30, 30)
 LINE_COLOR = (220, 0, 0)
 HOLD_FRACTION = 0.15
-TASKS = ("maze_square", "midpoint")
-
-
-def solution_video_path(record: dict) -> str | None:
-    """A record's solution clip (relative to its task folder): solution_video_path, else the solution image's .mp4."""
-    if record.get("solution_video_path"):
-        return str(record["solution_video_path"])
-    if record.get("solution_image_path"):
-        return str(Path(record["solution_image_path"]).with_suffix(".mp4"))
-    return None
-
-
-def read_dataset_records(root: str | os.PathLike):
-    """Yield (task, task folder, where, record) for every record of every data.json below a VLMPuzzle root.
-
-    `task` is the folder's path relative to the root; `where` names the file and record for error messages.
-    """
-    from .data import read_utf8
-
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass the VLMPuzzle dataset root that holds the task folders")
-    data_files = sorted(root.rglob("data.json"))
-    if not data_files:
-        raise InputError(f"{root}: no data.json found below it; pass the VLMPuzzle dataset root (task folders "
-                         f"each holding data.json)")
-    for data_file in data_files:
-        task = data_file.parent.relative_to(root).as_posix()
-        task = root.name if task == "." else task
-        try:
-            records = json.loads(read_utf8(data_file))
-        except json.JSONDecodeError as error:
-            raise InputError(f"{data_file}: not valid JSON ({error})") from None
-        if not isinstance(records, list):
-            raise InputError(f"{data_file}: expected a JSON list of puzzle records, found a {type(records).__name__}")
-        for number, record in enumerate(records, 1):
-            where = f"{data_file} record {number}"
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, found a {type(record).__name__}")
-            yield task, data_file.parent, where, record
-
-
-def _rng(task: str, seed: int, index: int) -> random.Random:
-    return random.Random(f"{task}:{seed}:{index}")  # str seeds hash with SHA-512: stable across runs
 
 
 def _reveal_progress(num_frames: int) -> list[float]:
@@ -213,17 +170,53 @@ def make_maze(n: int, rng: random.Random, width: int, height: int, num_frames: i
     return fields, Image.fromarray(puzzle), Image.fromarray(frames[-1]), frames
 
 
-# --- midpoint (eyeballing) -----------------------------------------------------------------------------------
+# --- eyeballing: midpoint, circle_center ----------------------------------------------------------------------
+
+def _candidates_around(rng: random.Random, answer: tuple[float, float], radius: int):
+    """Five labelled candidates: the answer and 4 distractors 2.4r..3.2r from it, ~90 degrees apart (no overlaps,
+    a decision margin >= 1.2r). Returns (candidates sorted by label, the correct label)."""
+    labels = list("ABCDE")
+    rng.shuffle(labels)
+    turn = rng.uniform(0, math.tau)
+    points = [answer]
+    for k in range(4):
+        a = turn + k * math.pi / 2 + rng.uniform(-math.pi / 12, math.pi / 12)
+        d = rng.uniform(2.4 * radius, 3.2 * radius)
+        points.append((answer[0] + math.cos(a) * d, answer[1] + math.sin(a) * d))
+    candidates = sorted(({"x": round(x, 2), "y": round(y, 2), "label": lab} for lab, (x, y) in zip(labels, points)),
+                        key=lambda c: c["label"])
+    return candidates, labels[0]
+
+
+def _draw_candidates(draw: ImageDraw.ImageDraw, candidates: list[dict], radius: int, font) -> None:
+    for c in candidates:
+        x, y = c["x"], c["y"]
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(255, 255, 255),
+                     outline=(32, 32, 32), width=max(1, radius // 4))
+        draw.text((x, y), c["label"], fill=(0, 0, 0), font=font, anchor="mm")
+
+
+def _draw_mark(draw: ImageDraw.ImageDraw, answer, correct: str, radius: int, font, progress: float) -> None:
+    """A red disc growing over the correct candidate (drawn last so nothing covers it), then its label in white."""
+    if progress > 0:
+        r = max(1.0, (radius + 1) * progress)
+        draw.ellipse((answer[0] - r, answer[1] - r, answer[0] + r, answer[1] + r), fill=LINE_COLOR)
+    if progress >= 1:
+        draw.text(answer, correct, fill=(255, 255, 255), font=font, anchor="mm")
+
+
+def _eyeballing_sizes(width: int, height: int) -> tuple[int, int, int, int]:
+    """(short side, margin, candidate radius, line width), scaled to the canvas."""
+    short = min(width, height)
+    return short, max(6, round(short * 0.06)), max(4, round(short * 0.021)), max(2, round(short * 0.01))
+
 
 def make_midpoint(rng: random.Random, width: int, height: int, num_frames: int):
     """Two anchor circles around a hidden midpoint and 5 labelled candidates near it (one exact), following
     VLMPuzzle's midpoint generator with sizes scaled to the canvas."""
-    short = min(width, height)
-    margin = max(6, round(short * 0.06))
-    radius = max(4, round(short * 0.021))
+    short, margin, radius, line_width = _eyeballing_sizes(width, height)
     anchor_radius = max(radius + 3, round(short * 0.028))
-    # distractors sit 2.4r..3.2r from the answer, ~90 degrees apart: no overlaps, a decision margin >= 1.2r
-    min_half = 4.2 * radius + anchor_radius + 2
+    min_half = 4.2 * radius + anchor_radius + 2  # the farthest distractor stays clear of the anchors
     lo_x, hi_x = margin + anchor_radius, width - margin - anchor_radius
     lo_y, hi_y = margin + anchor_radius, height - margin - anchor_radius
     for _ in range(1000):
@@ -238,17 +231,7 @@ def make_midpoint(rng: random.Random, width: int, height: int, num_frames: int):
         raise InputError(f"canvas {width}x{height} is too small for the midpoint task (use >= 96x96)")
     half = rng.uniform(min_half, reach)
     ends = [(mx - dx * half, my - dy * half), (mx + dx * half, my + dy * half)]
-    labels = list("ABCDE")
-    rng.shuffle(labels)
-    turn = rng.uniform(0, math.tau)
-    points = [(mx, my)]
-    for k in range(4):
-        a = turn + k * math.pi / 2 + rng.uniform(-math.pi / 12, math.pi / 12)
-        d = rng.uniform(2.4 * radius, 3.2 * radius)
-        points.append((mx + math.cos(a) * d, my + math.sin(a) * d))
-    candidates = sorted(({"x": round(x, 2), "y": round(y, 2), "label": lab} for lab, (x, y) in zip(labels, points)),
-                        key=lambda c: c["label"])
-    correct = labels[0]
+    candidates, correct = _candidates_around(rng, (mx, my), radius)
     font = ImageFont.load_default(max(8, round(radius * 1.4)))
 
     def render(line_progress: float, mark_progress: float) -> Image.Image:
@@ -257,36 +240,86 @@ def make_midpoint(rng: random.Random, width: int, height: int, num_frames: int):
         if line_progress > 0:
             (x0, y0), (x1, y1) = ends
             draw.line([(x0, y0), (x0 + (x1 - x0) * line_progress, y0 + (y1 - y0) * line_progress)],
-                      fill=(150, 150, 150), width=max(2, round(short * 0.01)))
+                      fill=(150, 150, 150), width=line_width)
         for x, y in ends:
             draw.ellipse((x - anchor_radius, y - anchor_radius, x + anchor_radius, y + anchor_radius),
                          fill=(250, 250, 250), outline=(30, 30, 30), width=max(2, anchor_radius // 3))
-        for c in candidates:
-            x, y = c["x"], c["y"]
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=(255, 255, 255),
-                         outline=(32, 32, 32), width=max(1, radius // 4))
-            draw.text((x, y), c["label"], fill=(0, 0, 0), font=font, anchor="mm")
-        if mark_progress > 0:  # a red disc growing over the correct candidate, drawn last so nothing covers it
-            r = max(1.0, (radius + 1) * mark_progress)
-            draw.ellipse((mx - r, my - r, mx + r, my + r), fill=LINE_COLOR)
-        if mark_progress >= 1:
-            draw.text((mx, my), correct, fill=(255, 255, 255), font=font, anchor="mm")
+        _draw_candidates(draw, candidates, radius, font)
+        _draw_mark(draw, (mx, my), correct, radius, font, mark_progress)
         return image
 
     frames = [render(min(1.0, 2 * p), max(0.0, 2 * p - 1)) for p in _reveal_progress(num_frames)]
     fields = {
         "canvas_dimensions": [width, height],
         "margin": margin,
+        "candidates": candidates,
+        "correct_option": correct,
+        "point_radius": radius,
+        "line_width": line_width,
         "midpoint": [round(mx, 2), round(my, 2)],
         "segment": {"start": [round(v, 2) for v in ends[0]], "end": [round(v, 2) for v in ends[1]]},
-        "candidates": candidates,
-        "point_radius": radius,
-        "correct_option": correct,
     }
     return fields, frames[0], frames[-1], frames
 
 
-# --- writing ---------------------------------------------------------------------------------------------------
+def make_circle_center(rng: random.Random, width: int, height: int, num_frames: int):
+    """A circle and 5 labelled candidates near its centre (one exact). The solution grows two red diameters out
+    from the centre, symmetric about it (so every frame's red centroid is the centre), then marks the answer."""
+    short, margin, radius, line_width = _eyeballing_sizes(width, height)
+    lo_r = 4.2 * radius + 2 * line_width  # distractors stay inside the circle
+    hi_r = short / 2 - margin
+    if hi_r < lo_r:
+        raise InputError(f"canvas {width}x{height} is too small for the circle_center task (use >= 96x96)")
+    circle_r = rng.uniform(max(lo_r, 0.6 * hi_r), hi_r)
+    cx = rng.uniform(margin + circle_r, width - margin - circle_r)
+    cy = rng.uniform(margin + circle_r, height - margin - circle_r)
+    candidates, correct = _candidates_around(rng, (cx, cy), radius)
+    angle = rng.uniform(0, math.pi / 2)
+    font = ImageFont.load_default(max(8, round(radius * 1.4)))
+
+    def render(line_progress: float, mark_progress: float) -> Image.Image:
+        image = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((cx - circle_r, cy - circle_r, cx + circle_r, cy + circle_r), outline=(30, 30, 30),
+                     width=line_width)
+        _draw_candidates(draw, candidates, radius, font)
+        reach = line_progress * (circle_r - line_width)
+        for a in (angle, angle + math.pi / 2):
+            if reach > 0:
+                dx, dy = math.cos(a) * reach, math.sin(a) * reach
+                draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=LINE_COLOR, width=line_width)
+        _draw_mark(draw, (cx, cy), correct, radius, font, mark_progress)
+        return image
+
+    frames = [render(min(1.0, 2 * p), max(0.0, 2 * p - 1)) for p in _reveal_progress(num_frames)]
+    fields = {
+        "canvas_dimensions": [width, height],
+        "margin": margin,
+        "candidates": candidates,
+        "correct_option": correct,
+        "point_radius": radius,
+        "line_width": line_width,
+        "circle": {"center": [round(cx, 2), round(cy, 2)], "radius": round(circle_r, 2)},
+    }
+    return fields, frames[0], frames[-1], frames
+
+
+# --- writing: layout A (VLMPuzzle) and B (VideoThinkBench), ../shared/VIDEOTHINKBENCH.md §1 ---------------------
+
+LAYOUTS = ("vlmpuzzle", "videothinkbench")
+DEFAULT_LAYOUT = "videothinkbench"
+DEFAULT_SIZE = 512  # VideoThinkBench's canvas, both sides
+DEFAULT_FPS = 16
+TASKS = {  # task -> (group, prompt, VideoThinkBench's solution video length)
+    "maze_square": ("maze", MAZE_PROMPT, 119),
+    "midpoint": ("eyeballing", MIDPOINT_PROMPT, 36),
+    "circle_center": ("eyeballing", "Mark the option at the centre of the circle in red. Static camera.", 24),
+}
+MAKERS = {"midpoint": make_midpoint, "circle_center": make_circle_center}
+STARTING_FRAME = "Use the provided puzzle image as the starting frame. "
+MANIFEST_FILE = "canonical_manifest.jsonl"
+REPORT_FILE = "generation_report.json"
+
 
 def _progress(iterable, total: int, desc: str):
     if total < 20:
@@ -295,59 +328,124 @@ def _progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr)
 
 
-def _write_item(task_dir: Path, item_id: str, prompt: str, fields: dict, puzzle, solution, frames, fps: int) -> dict:
-    puzzle_rel, solution_rel = f"puzzles/{item_id}_puzzle.png", f"solutions/{item_id}_solution.png"
-    video_rel = f"solutions/{item_id}_solution.mp4"
-    atomic_save_image(puzzle, task_dir / puzzle_rel)
-    atomic_save_image(solution, task_dir / solution_rel)
-    write_video(task_dir / video_rel, frames, fps=fps)
-    return {"id": item_id, "prompt": prompt, **fields, "image": puzzle_rel, "solution_image_path": solution_rel,
-            "solution_video_path": video_rel, "video_fps": fps, "video_num_frames": len(frames)}
+def item_seed(task: str, seed: int, index: int) -> int:
+    """The puzzle's own seed (recorded as `seed`): stable across runs and machines."""
+    return int.from_bytes(hashlib.sha256(f"{task}:{seed}:{index}".encode()).digest()[:4], "big")
 
 
-def _check(num: int, width: int, height: int, num_frames: int, fps: int) -> None:
-    check_video_shape(num_frames, height, width)
+def item_id(task: str, seed: int, index: int, layout: str) -> str:
+    if layout == "vlmpuzzle":
+        return f"{task}_s{seed}_{index:05d}"
+    return f"worker_00__{hashlib.sha256(f'id:{task}:{seed}:{index}'.encode()).hexdigest()[:32]}"
+
+
+def _write_item(task_dir: Path, item: str, task: str, fields: dict, images, frames, fps: int, layout: str) -> dict:
+    """Write the puzzle, solution image and video (and a maze's reasoning image); returns the data.json record."""
+    group, prompt = TASKS[task][:2]
+    puzzle, solution = images
+    paths = {"image": f"puzzles/{item}_puzzle.png", "solution_image_path": f"solutions/{item}_solution.png",
+             "solution_video_path": f"solutions/{item}_solution.mp4"}
+    reasoning = f"reasoning/{item}_reasoning.png" if group == "maze" else None
+    atomic_save_image(puzzle, task_dir / paths["image"])
+    atomic_save_image(solution, task_dir / paths["solution_image_path"])
+    write_video(task_dir / paths["solution_video_path"], frames, fps=fps)
+    if layout == "vlmpuzzle":  # the video is implied by the id
+        return {"id": item, "prompt": prompt, **fields, "image": paths["image"],
+                "solution_image_path": paths["solution_image_path"]}
+    if reasoning:
+        atomic_save_image(solution, task_dir / reasoning)
+    answer = fields["correct_option"] if group == "eyeballing" else json.dumps(fields["solution_path_cell_ids"])
+    return {"id": item, "ti2v_prompt": STARTING_FRAME + prompt,
+            "ti2i_prompt": STARTING_FRAME + prompt.replace("Static camera.", "Output the solved puzzle image."),
+            "ti2t_prompt": STARTING_FRAME + prompt.replace("Static camera.", "Answer in text."),
+            "ti2ti_prompt": STARTING_FRAME + prompt.replace("Static camera.", "Answer in text and image."),
+            "ti2t_answer": answer, "ti2ti_answer": {"text": answer, "image": paths["solution_image_path"]},
+            "image": paths["image"], "reasoning_image": reasoning,
+            "solution_image_path": paths["solution_image_path"], "solution_video_path": paths["solution_video_path"],
+            "video_fps": fps, "video_num_frames": len(frames), **fields}
+
+
+def _check(num: int, width: int, height: int, num_frames: int, fps: int, layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise InputError(f"--layout {layout!r} is invalid: choose {' or '.join(LAYOUTS)}")
     if num < 1:
         raise InputError(f"--num {num} is invalid: generate at least 1 puzzle")
+    if num_frames < 2:
+        raise InputError(f"--num_frames {num_frames} is invalid: a solution video needs at least 2 frames")
+    if min(width, height) < 32:
+        raise InputError(f"--width {width} --height {height} is invalid: both must be at least 32 pixels")
     if fps < 1:
         raise InputError(f"--fps {fps} is invalid: it must be a positive integer")
 
 
-def _write_task(out_dir, task: str, records: list[dict]) -> list[dict]:
-    lines = ",\n".join(json.dumps(record) for record in records)  # one record a line: compact, still greppable
-    atomic_write(Path(out_dir) / task / "data.json", f"[\n{lines}\n]\n")
+def task_dir_of(out_dir, task: str, layout: str) -> Path:
+    return Path(out_dir) / ("tasks" if layout == "videothinkbench" else "") / task
+
+
+def _write_task(out_dir, task: str, layout: str, records: list[dict], settings: dict) -> list[dict]:
+    """data.json (one record a line: compact, still greppable); in layout B also the root's manifest and report,
+    which keep the lines of the other tasks already generated there."""
+    lines = ",\n".join(json.dumps(record) for record in records)
+    atomic_write(task_dir_of(out_dir, task, layout) / "data.json", f"[\n{lines}\n]\n")
+    if layout == "videothinkbench":
+        root = Path(out_dir)
+        manifest = root / MANIFEST_FILE
+        kept = [line for line in (manifest.read_text().splitlines() if manifest.is_file() else [])
+                if json.loads(line).get("task_type") != task]
+        prefix = f"tasks/{task}/"
+        new = [json.dumps({"id": r["id"], "task_group": TASKS[task][0], "task_type": task,
+                           "prompts": {kind: r[f"{kind}_prompt"] for kind in ("ti2v", "ti2i", "ti2t", "ti2ti")},
+                           "assets": {"image": prefix + r["image"],
+                                      "solution_image": prefix + r["solution_image_path"],
+                                      "solution_video": prefix + r["solution_video_path"],
+                                      "reasoning_image": prefix + r["reasoning_image"] if r["reasoning_image"]
+                                      else None}}) for r in records]
+        ordered = sorted(kept + new, key=lambda line: (json.loads(line)["task_type"], json.loads(line)["id"]))
+        atomic_write(manifest, "".join(f"{line}\n" for line in ordered))  # the same bytes in any task order
+        report_file = root / REPORT_FILE
+        report = json.loads(report_file.read_text()) if report_file.is_file() else {"tasks": {}}
+        report["tasks"][task] = {"samples": len(records), **settings}
+        report["tasks"] = dict(sorted(report["tasks"].items()))
+        atomic_write(report_file, json.dumps(report, indent=1) + "\n")
     return records
 
 
-def generate_maze_task(out_dir, num: int, grid_sizes=(5, 6, 7, 8, 9), seed: int = 0, width: int = 480,
-                       height: int = 896, num_frames: int = 81, fps: int = 16, task: str = "maze_square") -> list[dict]:
-    """Write `num` square mazes (grid sizes cycled in order) to out_dir/<task>/; returns the data.json records."""
-    _check(num, width, height, num_frames, fps)
+def generate_task(out_dir, task: str, num: int, seed: int = 0, width: int = DEFAULT_SIZE,
+                  height: int = DEFAULT_SIZE, num_frames: int | None = None, fps: int = DEFAULT_FPS,
+                  layout: str = DEFAULT_LAYOUT, grid_sizes=(5, 6, 7, 8, 9)) -> list[dict]:
+    """Write `num` puzzles of a task (maze grid sizes cycled in order) in the layout's folders under out_dir;
+    returns the data.json records. num_frames defaults to the task's VideoThinkBench clip length."""
+    num_frames = num_frames or TASKS[task][2]
+    _check(num, width, height, num_frames, fps, layout)
     grid_sizes = list(grid_sizes)
-    if not grid_sizes or min(grid_sizes) < 2:
-        raise InputError(f"--grid {grid_sizes} is invalid: maze sizes must be integers >= 2")
-    for n in set(grid_sizes):
-        maze_layout(n, width, height)
-    task_dir = Path(out_dir) / task
-    records = []
+    if task == "maze_square":
+        if not grid_sizes or min(grid_sizes) < 2:
+            raise InputError(f"--grid {grid_sizes} is invalid: maze sizes must be integers >= 2")
+        for n in set(grid_sizes):
+            maze_layout(n, width, height)
+    task_dir, records = task_dir_of(out_dir, task, layout), []
     for i in _progress(range(num), num, task):
-        fields, puzzle, solution, frames = make_maze(grid_sizes[i % len(grid_sizes)], _rng(task, seed, i),
-                                                     width, height, num_frames)
-        records.append(_write_item(task_dir, f"{task}_s{seed}_{i:05d}", MAZE_PROMPT, fields, puzzle, solution,
-                                   frames, fps))
-    return _write_task(out_dir, task, records)
+        rng = random.Random(item_seed(task, seed, i))
+        if task == "maze_square":
+            fields, puzzle, solution, frames = make_maze(grid_sizes[i % len(grid_sizes)], rng, width, height,
+                                                         num_frames)
+        else:
+            fields, puzzle, solution, frames = MAKERS[task](rng, width, height, num_frames)
+        fields["seed"] = item_seed(task, seed, i)
+        records.append(_write_item(task_dir, item_id(task, seed, i, layout), task, fields, (puzzle, solution),
+                                   frames, fps, layout))
+    settings = dict(seed=seed, width=width, height=height, num_frames=num_frames, fps=fps)
+    return _write_task(out_dir, task, layout, records, settings)
 
 
-def generate_midpoint_task(out_dir, num: int, seed: int = 0, width: int = 480, height: int = 896,
-                           num_frames: int = 81, fps: int = 16) -> list[dict]:
-    """Write `num` midpoint eyeballing puzzles to out_dir/midpoint/; returns the data.json records."""
-    _check(num, width, height, num_frames, fps)
-    task, task_dir, records = "midpoint", Path(out_dir) / "midpoint", []
-    for i in _progress(range(num), num, task):
-        fields, puzzle, solution, frames = make_midpoint(_rng(task, seed, i), width, height, num_frames)
-        records.append(_write_item(task_dir, f"{task}_s{seed}_{i:05d}", MIDPOINT_PROMPT, fields, puzzle, solution,
-                                   frames, fps))
-    return _write_task(out_dir, task, records)
+def generate_maze_task(out_dir, num: int, grid_sizes=(5, 6, 7, 8, 9), seed: int = 0, **options) -> list[dict]:
+    """`num` square mazes; options as for generate_task."""
+    return generate_task(out_dir, "maze_square", num, seed, grid_sizes=grid_sizes, **options)
+
+
+def generate_midpoint_task(out_dir, num: int, seed: int = 0, **options) -> list[dict]:
+    """`num` midpoint eyeballing puzzles; options as for generate_task."""
+    return generate_task(out_dir, "midpoint", num, seed, **options)
 
 
 def parse_grid(text: str) -> list[int]:
@@ -366,27 +464,30 @@ def parse_grid(text: str) -> list[int]:
 
 
 def main_generate(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="generate", description="Generate VLMPuzzle-format tasks with videos.")
+    parser = argparse.ArgumentParser(prog="prepare_csv.py generate",
+                                     description="Generate puzzle tasks with solution videos, in either layout.")
     parser.add_argument("--out", required=True, help="dataset root; the task folder is created inside")
-    parser.add_argument("--task", choices=TASKS, default="maze_square")
+    parser.add_argument("--task", choices=tuple(TASKS), default="maze_square")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                        help="videothinkbench: <out>/tasks/<task>/ + canonical_manifest.jsonl, ti2v_prompt; "
+                             "vlmpuzzle: <out>/<task>/, prompt, videos implied by id")
     parser.add_argument("--num", type=int, default=100)
     parser.add_argument("--grid", default="5..9", help="maze size in cells: an int or a range a..b (mazes only)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--height", type=int, default=896)
-    parser.add_argument("--num_frames", type=int, default=81)
-    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--width", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--height", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="solution video length (default: VideoThinkBench's for the task: "
+                             + ", ".join(f"{task} {frames}" for task, (_, _, frames) in TASKS.items()) + ")")
+    parser.add_argument("--fps", type=int, default=DEFAULT_FPS)
     args = parser.parse_args(argv)
     try:
-        if args.task == "midpoint":
-            records = generate_midpoint_task(args.out, args.num, args.seed, args.width, args.height,
-                                             args.num_frames, args.fps)
-        else:
-            records = generate_maze_task(args.out, args.num, parse_grid(args.grid), args.seed, args.width,
-                                         args.height, args.num_frames, args.fps, task=args.task)
+        records = generate_task(args.out, args.task, args.num, args.seed, args.width, args.height, args.num_frames,
+                                args.fps, args.layout, parse_grid(args.grid))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {len(records)} {args.task} puzzles ({args.width}x{args.height}, {args.num_frames} frames "
-          f"@ {args.fps} fps, seed {args.seed}) to {Path(args.out) / args.task}/data.json")
+    frames = args.num_frames or TASKS[args.task][2]
+    print(f"wrote {len(records)} {args.task} puzzles ({args.width}x{args.height}, {frames} frames "
+          f"@ {args.fps} fps, seed {args.seed}) to {task_dir_of(args.out, args.task, args.layout)}/data.json")
     return 0

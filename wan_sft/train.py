@@ -94,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_fingerprint(args, world_size: int, num_samples: int) -> str:
     """Settings a resumed run must share with the run that saved the state."""
     keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank,
+                seed=args.seed, fit=args.fit)
     return json.dumps(keys, sort_keys=True)
 
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
     # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
     samples = read_training_csv(args.dataset)
-    dataset = ClipDataset(samples, args.num_frames, args.height, args.width)
+    dataset = ClipDataset(samples, args.num_frames, args.height, args.width, args.fit)
     steps_per_epoch = math.ceil(len(samples) / world)
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
 
@@ -126,7 +127,8 @@ def main(argv=None) -> int:
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     if not args.no_cache:
         cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
-                                        args.height, args.width, locate_model_files(args.model_base_path), dtype)
+                                        args.height, args.width, locate_model_files(args.model_base_path), dtype,
+                                        args.fit)
         my_missing = cache.missing_entries(cache_paths, rank, world)
     need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
     pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)

@@ -28,12 +28,12 @@ import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
 from .config import InputError
-from .data import Sample, read_training_csv, resolve_video
-from .evaluation import EvalItem, check_image_header, find_items, read_ids_file
+from .data import Sample, read_training_csv
+from .datasets import PuzzleItem
+from .evaluation import check_image_header, find_items, read_ids_file
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
 from .lora import export_lora
-from .puzzles import solution_video_path
 from .report import write_training_report
 from .scoring import score_item
 
@@ -54,13 +54,13 @@ def default_ids_file(dataset: str | os.PathLike) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def select_validation_items(args) -> list[EvalItem]:
+def select_validation_items(args) -> list[PuzzleItem]:
     """The first --val_count puzzles (by task/id) of --val_ids_file (default: the CSV's held-out ids, else all)."""
     root = Path(args.val_dataset_root)
     if not root.is_dir():
-        raise InputError(f"--val_dataset_root {root}: not a folder; pass a VLMPuzzle dataset root "
-                         f"(task folders with data.json)")
-    items = find_items(root)
+        raise InputError(f"--val_dataset_root {root}: not a folder; pass a puzzle dataset root "
+                         f"(VLMPuzzle or VideoThinkBench layout)")
+    items = find_items(root, args.val_prompt_key)
     if args.val_ids_file and not Path(args.val_ids_file).is_file():
         raise InputError(f"--val_ids_file {args.val_ids_file}: file not found")
     ids_file = args.val_ids_file or default_ids_file(args.dataset)
@@ -84,21 +84,13 @@ def select_validation_items(args) -> list[EvalItem]:
     return items
 
 
-def solution_video(item: EvalItem) -> str | None:
-    """The clip prepare_csv trains on for this puzzle (absolute), if the record names one."""
-    video = solution_video_path(item.record)
-    return resolve_video(video, item.task_dir) if video else None
-
-
-def training_puzzles(samples: list[Sample], items: list[EvalItem]) -> dict[str, Sample]:
+def training_puzzles(samples: list[Sample], items: list[PuzzleItem]) -> dict[str, Sample]:
     """{task/id: first CSV sample training on it}: a row's video is the puzzle's solution video, or a clip that
     prepare_csv --trim made from it (`NNNNNN_<solution stem>.mp4`; matched only when that stem is unique)."""
     by_video, by_stem = {}, {}
     for item in items:
-        video = solution_video(item)
-        if video:
-            by_video[os.path.realpath(video)] = item.key
-            by_stem.setdefault(Path(video).stem, []).append(item.key)
+        by_video[os.path.realpath(item.solution_video)] = item.key
+        by_stem.setdefault(item.solution_video.stem, []).append(item.key)
     found = {}
     for sample in samples:
         key = by_video.get(os.path.realpath(sample.video))
@@ -110,10 +102,10 @@ def training_puzzles(samples: list[Sample], items: list[EvalItem]) -> dict[str, 
     return found
 
 
-def check_validation_split(args) -> list[EvalItem]:
+def check_validation_split(args) -> list[PuzzleItem]:
     """The validation puzzles, refused when any of them is also trained on."""
     items = select_validation_items(args)
-    trained = training_puzzles(read_training_csv(args.dataset), find_items(args.val_dataset_root))
+    trained = training_puzzles(read_training_csv(args.dataset), find_items(args.val_dataset_root, args.val_prompt_key))
     overlap = [item.key for item in items if item.key in trained]
     if overlap:
         first = trained[overlap[0]]
@@ -214,7 +206,7 @@ class TaskValidator:
         self.every = args.val_every or args.save_steps
         self.mine = select_validation_items(args)[accelerator.process_index::accelerator.num_processes]
         self.settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
-                                           args.val_cfg_scale)
+                                           args.val_cfg_scale, fit=args.fit)
         self.text_encoder, self.vae = pipe.text_encoder, pipe.vae
         self.best_rate: float | None = None
 

@@ -70,6 +70,16 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(count, width, height, fps)
 
 
+def header_frame_count(path: str | os.PathLike) -> int | None:
+    """The frame count the container states (no decoding: cheap, for summaries); None when it states none or the
+    file cannot be opened."""
+    try:
+        with _open(path) as container:
+            return container.streams.video[0].frames or None
+    except InputError:
+        return None
+
+
 def write_video(path: str | os.PathLike, frames, fps: int = 16, crf: int = 10) -> None:
     """Encode frames (PIL images or HxWx3 uint8 arrays) as H.264 mp4; the file appears only when complete."""
     path = Path(path)
