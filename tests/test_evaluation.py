@@ -55,9 +55,19 @@ def test_candidates_dir_scores_without_a_model(dataset, tmp_path, capsys, source
                  "--output_dir", str(tmp_path / "eval")]) == 0
     results = _results(tmp_path / "eval")
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
-    assert all(r["pass"] is passed for r in results)
+    mazes, eyeballing = [r for r in results if r["task"] == "maze_square"], [r for r in results if r["task"] == "midpoint"]
+    assert all(r["pass"] is passed for r in mazes)
+    # A last frame (.png) gives the Last Frame verdict; Major Frame is unavailable and not counted.
+    assert all(r["pass"] is None and r["last_frame_pass"] is passed for r in eyeballing)
+    assert {r["not_scored"] for r in eyeballing} == {"Major Frame needs the video (.mp4); only a last frame (.png) "
+                                                     "was given"}
     summary = json.loads((tmp_path / "eval/summary.json").read_text())
     assert summary["overall"]["pass_rate"] == (1.0 if passed else 0.0) and summary["overall"]["items"] == 6
+    assert summary["overall"]["scored"] == 4
+    point = summary["leaderboard"]["columns"]["Eyeballing Point"]
+    assert (point["items"], point["not_scored"], point["pass_rate"]) == (0, 2, None)
+    assert point["last_frame"] == {"items": 2, "passed": 2 if passed else 0, "pass_rate": 1.0 if passed else 0.0}
+    assert summary["leaderboard"]["average_over"] == ["Maze Square"]
     assert summary["tasks"]["maze_square"]["mean_corridor_precision"] == 1.0  # bare puzzles: only endpoint red
     assert summary["tasks"]["maze_square"]["failure_reasons"] == ({} if passed else {"not_connected": 4})
     for r in results:  # the layout --candidates_dir reads, so this folder can be re-scored in turn

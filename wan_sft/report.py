@@ -231,10 +231,12 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, x_range: tup
 
 
 def read_validation(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Pass rate per task from validation.csv, as (step, pass_rate) points in step order."""
+    """Pass rate per task from validation.csv, as (step, pass_rate) points in step order (column rows skipped)."""
     curves: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            if not row["task"]:
+                continue
             curves.setdefault(row["task"], []).append((int(row["step"]), float(row["pass_rate"])))
     return {task: sorted(points) for task, points in sorted(curves.items())}
 
