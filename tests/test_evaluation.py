@@ -51,9 +51,12 @@ def _without_timings(results):
 @pytest.mark.parametrize("source, passed", [("solution_image_path", True), ("image", False)])
 def test_candidates_dir_scores_without_a_model(dataset, tmp_path, capsys, source, passed):
     candidates = _candidates(dataset, tmp_path / "cands", source)
-    assert main(["--dataset_root", str(dataset), "--candidates_dir", str(candidates),
+    assert main(["--dataset_root", str(dataset), "--candidates_dir", str(candidates), "--attempt_dirs",
                  "--output_dir", str(tmp_path / "eval")]) == 0
     results = _results(tmp_path / "eval")
+    for r in results:  # no video: the attempt folder holds the last frame and content.txt only
+        assert sorted(p.name for p in (tmp_path / "eval/attempts" / r["task"] / r["id"]).iterdir()) == [
+            "content.txt", "result.png"]
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
     mazes, eyeballing = [r for r in results if r["task"] == "maze_square"], [r for r in results if r["task"] == "midpoint"]
     assert all(r["pass"] is passed for r in mazes)
@@ -147,15 +150,29 @@ def _item_jsons(output_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tiny_model, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("full")
-    result = _run(_command(dataset, tiny_model, output_dir))
+    result = _run(_command(dataset, tiny_model, output_dir, "--attempt_dirs"))
     assert result.returncode == 0, result.stderr
     return output_dir
 
 
 def test_uninterrupted_run_outputs(uninterrupted, dataset):
+    import numpy as np
+
+    from wan_sft.video import read_frames
+
     results = _results(uninterrupted)
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
     for r in results:
+        # Scored on the written mp4 as decoded; its last decoded frame is the .png and the attempt's result.png.
+        decoded = read_frames(uninterrupted / r["video"])
+        attempt = uninterrupted / "attempts" / r["task"] / r["id"]
+        assert (attempt / "video_1.mp4").read_bytes() == (uninterrupted / r["video"]).read_bytes()
+        assert (attempt / "content.txt").read_text() == ""
+        for png in (uninterrupted / r["last_frame"], attempt / "result.png"):
+            with Image.open(png) as frame:
+                assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(decoded[-1]))
+        if r["task"] == "midpoint":
+            assert r["frames_scored"] == 2 and r["rule"] == "major_frame" and "last_frame_pass" in r
         for kind in ("video", "last_frame", "input", "overlay"):
             assert (uninterrupted / r[kind]).is_file()
         with Image.open(uninterrupted / r["input"]) as shown, Image.open(r["puzzle"]) as puzzle:
@@ -290,9 +307,15 @@ def columns_dataset(tmp_path_factory):
 
 def test_leaderboard_columns_from_candidate_videos(columns_dataset, tmp_path, capsys):
     root, candidates = columns_dataset
-    assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates),
+    assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates), "--attempt_dirs",
                  "--output_dir", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
+    attempts = sorted(p.relative_to(tmp_path / "eval/attempts").as_posix()
+                      for p in (tmp_path / "eval/attempts").rglob("*") if p.is_file())
+    assert attempts == sorted(f"{task}/{item}/{name}" for task, item in (
+        ("midpoint", "midpoint_s0_00000"), ("midpoint", "midpoint_s0_00001"), ("color_grid", "good"),
+        ("color_grid", "bad"), ("arcagi", "laid_out"), ("arcagi", "no_layout"), ("jigsaw", "piece"))
+        for name in ("video_1.mp4", "result.png", "content.txt"))
     results = {f"{r['task']}/{r['id']}": r for r in _results(tmp_path / "eval")}
     for key in ("midpoint/midpoint_s0_00000", "midpoint/midpoint_s0_00001"):  # Major Frame on the decoded mp4
         assert results[key]["pass"] is True and results[key]["frames_scored"] == 4 and results[key]["last_frame_pass"]

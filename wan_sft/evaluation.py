@@ -8,6 +8,8 @@ Output layout (also what `--candidates_dir` reads, so a run can be re-scored int
     <output_dir>/<task>/<id>_overlay.png  what the scorer saw (none for an item it could not score)
     <output_dir>/<task>/<id>.json         score + timings, written atomically LAST: the item's completion marker
     <output_dir>/run_settings.json        what a resumed run or a merge must share with this one
+    <output_dir>/attempts/<task>/<id>/    with --attempt_dirs: video_1.mp4, result.png (its last decoded frame) and
+                                          an empty content.txt, the attempt folder the official VLMPuzzle evaluators read
     <output_dir>/results.jsonl, summary.json, report.html   rebuilt from the per-item JSONs at the end
 A rerun skips items whose JSON exists. Workers get items one at a time from the parent over their own pipe (no
 shared queue lock that a killed worker could leave held); a worker that dies costs only its current item, which
@@ -509,6 +511,21 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def write_attempt_dirs(output_dir: Path, results: list[dict]) -> Path:
+    """<output_dir>/attempts/<task>/<id>/ for every finished item: video_1.mp4 (when there is a video), result.png
+    and an empty content.txt (the official eyeballing evaluator fails without it). Items already there are kept."""
+    attempts = output_dir / "attempts"
+    for result in results:
+        folder = attempts / result["task"] / result["id"]
+        if (folder / "content.txt").is_file():  # written last
+            continue
+        if result.get("video"):
+            atomic_write(folder / "video_1.mp4", (output_dir / result["video"]).read_bytes())
+        atomic_write(folder / "result.png", (output_dir / result["last_frame"]).read_bytes())
+        atomic_write(folder / "content.txt", "")
+    return attempts
+
+
 def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
     """results.jsonl, summary.json, the table on stdout, and report.html when wan_sft/report.py exists."""
     atomic_write(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
@@ -554,6 +571,9 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--candidates_dir", default=None,
                         help="score existing <task>/<id>.mp4 (every verdict) or <task>/<id>.png (last-frame verdicts "
                              "only) instead of generating; loads no model")
+    parser.add_argument("--attempt_dirs", action="store_true",
+                        help="also write <output_dir>/attempts/<task>/<id>/{video_1.mp4,result.png,content.txt} for "
+                             "the official VLMPuzzle evaluators")
     parser.add_argument("--visual_threshold", default=None,
                         help="a pass rule for visual puzzles, NOT the leaderboard's (it publishes none): N (both "
                              "metrics) or rgb=N,binary=M; pass = best-frame distance <= N")
@@ -680,6 +700,8 @@ def evaluate(argv) -> int:
                             "limit": args.limit, "ids_file": args.ids_file, "num_shards": args.num_shards,
                             "shard_index": args.shard_index, "items": len(items)}
     write_outputs(output_dir, results, summary)
+    if args.attempt_dirs:
+        print(f"attempt folders for the official evaluators: {write_attempt_dirs(output_dir, results)}", flush=True)
     return _report_unfinished(unfinished)
 
 

@@ -209,7 +209,7 @@ def _canvas_size(record: dict) -> tuple[float, float] | None:
     if isinstance(dims, dict):
         dims = [dims.get("width"), dims.get("height")]
     if not isinstance(dims, (list, tuple)) or len(dims) < 2 \
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in dims[:2]):
+            or not all(isinstance(v, (int, float)) and v > 0 for v in dims[:2]):
         return None
     return float(dims[0]), float(dims[1])
 
@@ -281,13 +281,14 @@ def score_eyeballing(candidate: Image.Image, record: dict, fit: str = DEFAULT_FI
 
 def score_major_frame(frames: list[Image.Image], record: dict, fit: str = DEFAULT_FIT) -> dict:
     """The leaderboard's Major Frame verdict: frames 0, 5, 10, ... of the decoded video each vote (see
-    eyeballing_vote); the most voted label wins, a tie goes to the alphabetically first label; no votes = fail."""
+    eyeballing_vote, labels upper-cased); the most voted label wins, a tie goes to the alphabetically first label;
+    no votes = fail."""
     points = candidate_points(record, frames[0].size, fit)
     votes = Counter()
     for frame in frames[::MAJOR_FRAME_STRIDE]:
         answer = eyeballing_vote(frame, points)[0]
         if answer is not None:
-            votes[answer] += 1
+            votes[answer.upper()] += 1
     answer = min(votes, key=lambda label: (-votes[label], label)) if votes else None
     passed = _verdict(answer, record)
     if points is None:
