@@ -58,7 +58,8 @@ def test_candidates_dir_scores_without_a_model(dataset, tmp_path, capsys, source
         assert sorted(p.name for p in (tmp_path / "eval/attempts" / r["task"] / r["id"]).iterdir()) == [
             "content.txt", "result.png"]
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
-    mazes, eyeballing = [r for r in results if r["task"] == "maze_square"], [r for r in results if r["task"] == "midpoint"]
+    mazes = [r for r in results if r["task"] == "maze_square"]
+    eyeballing = [r for r in results if r["task"] == "midpoint"]
     assert all(r["pass"] is passed for r in mazes)
     # A last frame (.png) gives the Last Frame verdict; Major Frame is unavailable and not counted.
     assert all(r["pass"] is None and r["last_frame_pass"] is passed for r in eyeballing)
@@ -339,7 +340,8 @@ def test_leaderboard_columns_from_candidate_videos(columns_dataset, tmp_path, ca
     threshold = (good["distance"] + bad["distance"]) / 2
     assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates), "--tasks", "color_grid",
                  "--visual_threshold", f"rgb={threshold}", "--output_dir", str(tmp_path / "thresholded")]) == 0
-    column = json.loads((tmp_path / "thresholded/summary.json").read_text())["leaderboard"]["columns"]["Visual Symmetry"]
+    board = json.loads((tmp_path / "thresholded/summary.json").read_text())["leaderboard"]
+    column = board["columns"]["Visual Symmetry"]
     assert (column["items"], column["passed"]) == (2, 1)
     assert column["pass_rule"] == f"rgb distance <= {threshold:g} (not the leaderboard's)"
     assert "(not the leaderboard's)" in capsys.readouterr().out

@@ -180,7 +180,8 @@ def test_leaderboard_table_and_published_row(eval_run, page):
         "Maze Square": "0.00%", "Maze Hexagon": "0.00%", "Maze Labyrinth": "0.00%", "Visual Symmetry": "7.50%",
         "Visual Gradient": "10.00%", "Visual Compositionality": "7.50%", "ARC-AGI-2": "0.71%", "Average": "7.35%"}
     assert page.text_content("#leaderboard tr[data-row=published] th") == "Wan2.2-TI2V-5B zero-shot (published)"
-    assert "its Average over the columns present here: 8.89%" in " ".join(page.text_content("#published-source").split())
+    source = " ".join(page.text_content("#published-source").split())
+    assert "its Average over the columns present here: 8.89%" in source
     assert "expected to score about 0%" in " ".join(page.text_content("#random-weights").split())
     legend = page.locator("#overlay-legend dt").all_text_contents()
     assert legend == ["Mazes", "Eyeballing", "Visual puzzles"]
@@ -223,7 +224,8 @@ def test_report_without_summary_counts_from_results(tmp_path, page):
     """A summary.json lacking optional keys (here, all but overall) still gives per-task figures."""
     run = tmp_path / "run"
     _write_results(run, tmp_path / "puzzles")
-    (run / "summary.json").write_text(json.dumps({"overall": {"items": 8, "scored": 7, "passed": 3, "pass_rate": 3 / 7}}))
+    overall = {"items": 8, "scored": 7, "passed": 3, "pass_rate": 3 / 7}
+    (run / "summary.json").write_text(json.dumps({"overall": overall}))
     problems = _open(page, write_report(run).as_uri())
     assert _rates_table(page) == {task: list(cells) for task, cells in EXPECTED_RATES.items()}
     assert load_all_images(page) == []

@@ -205,6 +205,13 @@ def test_major_frame_majority_and_alphabetical_tie_break():
     assert tie["answer"] == "A" and not tie["pass"] and tie["failure_reason"] == "wrong_option"
 
 
+def test_major_frame_votes_are_upper_cased():
+    """Labels count upper-cased (as the official tool): 'c' and 'C' are one answer, so C wins 2:1 over B."""
+    record = dict(EYE, candidates=[*EYE["candidates"], {"x": 120, "y": 90, "label": "c"}])
+    result = _major(_video({0: (80, 50), 5: (120, 50), 10: (120, 86)}), record)
+    assert result["votes"] == {"B": 1, "C": 2} and result["answer"] == "C" and result["pass"]
+
+
 def test_major_frame_and_last_frame_differ():
     """Major Frame passes on early votes while the last frame shows a wrong answer (Last Frame fails)."""
     result = _major(_video({0: (120, 50), 5: (120, 50), 10: (40, 50)}))

@@ -8,8 +8,8 @@ Output layout (also what `--candidates_dir` reads, so a run can be re-scored int
     <output_dir>/<task>/<id>_overlay.png  what the scorer saw (none for an item it could not score)
     <output_dir>/<task>/<id>.json         score + timings, written atomically LAST: the item's completion marker
     <output_dir>/run_settings.json        what a resumed run or a merge must share with this one
-    <output_dir>/attempts/<task>/<id>/    with --attempt_dirs: video_1.mp4, result.png (its last decoded frame) and
-                                          an empty content.txt, the attempt folder the official VLMPuzzle evaluators read
+    <output_dir>/attempts/<task>/<id>/    with --attempt_dirs: video_1.mp4, result.png (its last decoded frame)
+                                          and an empty content.txt, what the official VLMPuzzle evaluators read
     <output_dir>/results.jsonl, summary.json, report.html   rebuilt from the per-item JSONs at the end
 A rerun skips items whose JSON exists. Workers get items one at a time from the parent over their own pipe (no
 shared queue lock that a killed worker could leave held); a worker that dies costs only its current item, which
@@ -35,7 +35,7 @@ from .config import InputError
 from .fsutil import atomic_save_image, atomic_write
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
-from .geometry import DEFAULT_FIT
+from .geometry import DEFAULT_FIT, fit_image
 from .leaderboard import column_scores, rule_of
 from .scoring import VISUAL_METRICS, overlay_image, score_item
 
@@ -203,7 +203,8 @@ def score_and_record(item: EvalItem, frames: list, output_dir: Path, has_video: 
                        fit=options.fit, visual_thresholds=options.visual_thresholds)
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
     # The puzzle as the model and the scorer saw it, inside output_dir so the report is self-contained.
-    atomic_save_image(puzzle.resize(last_frame.size, Image.NEAREST), item_path(output_dir, item.task, item.id, "input"))
+    atomic_save_image(fit_image(puzzle, *last_frame.size, options.fit),
+                      item_path(output_dir, item.task, item.id, "input"))
     overlay = overlay_image(frames, item.record, task_name, score, puzzle=puzzle, solution=solution, fit=options.fit)
     if overlay is not None:
         atomic_save_image(overlay, item_path(output_dir, item.task, item.id, "overlay"))
@@ -499,7 +500,8 @@ def format_table(summary: dict) -> str:
                                                           "mean_distance"))
         return (f"{name:<28} {stats['items']:>6} {stats['scored']:>6} {stats['passed']:>6} "
                 f"{_percent(stats['pass_rate']):>7} {'-' if red is None else f'{red:.0f}':>9} "
-                f"{'-' if corridor is None else f'{corridor:.3f}':>9} {'-' if distance is None else f'{distance:.6g}':>12}")
+                f"{'-' if corridor is None else f'{corridor:.3f}':>9} "
+                f"{'-' if distance is None else f'{distance:.6g}':>12}")
 
     lines += [row(task, stats) for task, stats in summary["tasks"].items()]
     lines.append(row("overall (pooled)", summary["overall"]))

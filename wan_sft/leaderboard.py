@@ -70,7 +70,8 @@ def column_scores(results: list[dict]) -> dict:
         if rule == "major_frame":
             last = [r for r in rows if r.get("last_frame_pass") is not None]
             last_passed = sum(bool(r["last_frame_pass"]) for r in last)
-            entry["last_frame"] = {"items": len(last), "passed": last_passed, "pass_rate": _rate(last_passed, len(last))}
+            entry["last_frame"] = {"items": len(last), "passed": last_passed,
+                                   "pass_rate": _rate(last_passed, len(last))}
         rules = sorted({r["pass_rule"] for r in scored if r.get("pass_rule")})
         if rules:
             entry["pass_rule"] = "; ".join(rules)  # a threshold of ours, labelled "not the leaderboard's"

@@ -370,15 +370,17 @@ def arc_layout(record: dict):
     missing = [key for key in ARC_LAYOUT_KEYS if key not in record]
     if missing:
         return f"the record has no ARC grid layout ({', '.join(missing)} missing)"
-    boxes = [p.get("bbox") for p in record["placements"] or [] if isinstance(p, dict) and p.get("kind") == "test_output"]
+    boxes = [p.get("bbox") for p in record["placements"] or []
+             if isinstance(p, dict) and p.get("kind") == "test_output"]
     if not boxes or not isinstance(boxes[0], (list, tuple)) or len(boxes[0]) != 4:
         return "the record's placements have no test_output bbox"
     try:
         rows, cols, cell = int(record["test_rows"]), int(record["test_cols"]), int(record["cell_size"])
         expected = [[int(record["test_output"][r][c]) for c in range(cols)] for r in range(rows)]
-    except (TypeError, ValueError, IndexError):
-        return "the record's test_rows/test_cols/cell_size/test_output do not fit together"
-    return int(boxes[0][0]), int(boxes[0][1]), cell, rows, cols, expected
+        left, top = int(boxes[0][0]), int(boxes[0][1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return "the record's test_output bbox/test_rows/test_cols/cell_size/test_output do not fit together"
+    return left, top, cell, rows, cols, expected
 
 
 def _arc_align(frame: Image.Image, size) -> Image.Image:
