@@ -437,8 +437,10 @@ def _group_stats(results: list[dict]) -> dict:
     stats = {"items": len(results), "scored": len(scored), "passed": passed,
              "pass_rate": round(passed / len(scored), 4) if scored else None,
              "failure_reasons": dict(sorted(Counter(r["failure_reason"] for r in scored if not r["pass"]).items())),
-             "not_scored": dict(sorted(Counter(r["not_scored"] for r in results if r.get("not_scored")).items())),
-             "mean_red_pixels": _mean(r.get("red_pixels") for r in results)}
+             "not_scored": dict(sorted(Counter(r["not_scored"] for r in results if r.get("not_scored")).items()))}
+    red = _mean(r.get("red_pixels") for r in results)
+    if red is not None:  # mazes and eyeballing
+        stats["mean_red_pixels"] = red
     rules = {r.get("rule") for r in results}
     if rules == {"maze"}:
         stats["mean_corridor_precision"] = _mean(r.get("corridor_precision") for r in results)
