@@ -229,7 +229,7 @@ def test_shards_and_merge_equal_one_run(uninterrupted, dataset, tiny_model, tmp_
     summary, full = (json.loads((d / "summary.json").read_text()) for d in (merged, uninterrupted))
     assert summary["overall"] == full["overall"] and summary["tasks"] == full["tasks"]
     for r in _results(merged):
-        assert (merged / r["video"]).is_file() and (merged / r["last_frame"]).is_file()
+        assert all((merged / r[kind]).is_file() for kind in ("video", "last_frame", "input", "overlay"))
 
 
 def test_worker_killed_midway_is_reported(dataset, tiny_model, tmp_path):

@@ -745,7 +745,7 @@ def merge(argv) -> int:
         for result in read_item_results(shard):
             if item_path(output_dir, result["task"], result["id"], "result").is_file():
                 continue
-            for kind in ("video", "frame", "overlay", "result"):  # result last: it marks the item finished
+            for kind in ("video", "frame", "input", "overlay", "result"):  # result last: it marks the item finished
                 source = item_path(shard, result["task"], result["id"], kind)
                 if source.is_file():
                     atomic_write(item_path(output_dir, result["task"], result["id"], kind), source.read_bytes())

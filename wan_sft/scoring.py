@@ -326,9 +326,12 @@ def _to_solution_size(frame: Image.Image, solution: Image.Image) -> Image.Image:
 
 
 def pixel_distances(frame: Image.Image, solution: Image.Image, metric: str) -> np.ndarray:
-    """Per-pixel distance inside the window: the frame is first resized (bilinear) to the solution image's size, as
-    the official tool does, then the centred 512x512 window of both is compared. rgb: Euclidean distance of the RGB
-    values; binary: 1 where the two differ after binarising the gray value (ITU-R 601 luma) at > 245."""
+    """Per-pixel distance inside the window: the frame is first resized to the solution image's size, as the
+    official tool does, then the centred 512x512 window of both is compared (the whole axis where the image is
+    smaller). rgb: Euclidean distance of the RGB values; binary: 1 where the two differ after binarising the gray
+    value (ITU-R 601 luma) at > 245. The resize is PIL's bilinear, which also smooths when shrinking (OpenCV's,
+    which the official tool uses, does not): distances match it exactly only when the frame already has the
+    solution's size (generate at the puzzle's 512x512)."""
     solution = solution.convert("RGB")
     frame = _to_solution_size(frame, solution)
     if metric == "binary":
