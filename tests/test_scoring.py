@@ -331,6 +331,15 @@ def test_arc_palette_decode():
     assert not wrong["pass"] and wrong["cells_wrong"] == 1 and wrong["predicted_grid"][1][1] == 7
 
 
+def test_arc_resizes_the_last_frame_to_the_solution_without_trimming():
+    """A frame at twice the size (white margin included) maps back cell for cell; trimming the uniform margin first
+    (the older VLMPuzzle evaluator) would shift every cell."""
+    solution = _arc_image(ARC_GRID)
+    frames = [_arc_image([[0, 0, 0], [0, 0, 0]]), solution.resize((160, 140), Image.NEAREST)]
+    result = score_item(frames, ARC_RECORD, "arcagi", solution=solution)
+    assert result["pass"] and result["predicted_grid"] == ARC_GRID  # the last frame, not the first
+
+
 def test_arc_samples_cells_shrunk_by_a_sixth():
     """A blue 2-px ring (cell 12 -> shrink 2) around yellow: the sampled mean is pure yellow; the whole cell's mean
     would be nearest grey."""

@@ -8,7 +8,8 @@ another task's rule. Every verdict reads frames as the official tools do: the de
   the same rule on the last frame alone is the secondary "Last Frame" verdict;
 - best_frame (visual puzzles): the smallest distance of any frame to the solution image; the leaderboard has no
   pass threshold, so a pass exists only with a user-given one (not the leaderboard's);
-- arc_grid (ARC-AGI-2): puzzle/arcagi/evaluator.py's palette decode of the test-output cells, pass = all right.
+- arc_grid (ARC-AGI-2): the arcagi evaluator's palette decode of the test-output cells (as vendored in
+  VideoThinkBench: resize only), pass = all right.
 Candidate coordinates map from canvas to frame through `geometry.placement` (stretch: per-axis scaling).
 """
 from __future__ import annotations
@@ -365,7 +366,6 @@ def score_best_frame(frames: list[Image.Image], solution: Image.Image, task: str
 ARC_PALETTE = ((0, 0, 0), (0, 0, 255), (255, 0, 0), (0, 255, 0), (255, 255, 0), (128, 128, 128), (255, 0, 255),
                (255, 128, 0), (0, 255, 255), (128, 64, 0))
 ARC_LAYOUT_KEYS = ("placements", "cell_size", "test_rows", "test_cols", "test_output")
-ARC_TRIM_TOLERANCE = 12
 
 
 def arc_layout(record: dict):
@@ -387,15 +387,9 @@ def arc_layout(record: dict):
 
 
 def _arc_align(frame: Image.Image, size) -> Image.Image:
-    """As the original evaluator: a frame of another size loses its uniform border (within 12 of the top-left
-    pixel) and is LANCZOS-resized to the solution image's size."""
+    """The frame LANCZOS-resized to the solution image's size, no trimming (VideoThinkBench's evaluator; the older
+    VLMPuzzle one first trimmed uniform borders)."""
     frame = frame.convert("RGB")
-    if frame.size == tuple(size):
-        return frame
-    array = np.asarray(frame).astype(np.int32)
-    ys, xs = np.nonzero(np.abs(array - array[0, 0]).max(axis=2) > ARC_TRIM_TOLERANCE)
-    if ys.size:
-        frame = frame.crop((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
     return frame if frame.size == tuple(size) else frame.resize(tuple(size), Image.LANCZOS)
 
 
