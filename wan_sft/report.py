@@ -118,7 +118,7 @@ def _card(record: dict, output_dir: Path) -> dict:
                   + [(label, page_relative_url(record.get(key), output_dir))
                      for label, key in (("last frame", "last_frame"), ("overlay", "overlay"))],
         "video": page_relative_url(record.get("video"), output_dir),
-        "fields": [(k, format_value(record[k])) for k in CARD_FIELDS if k in record],
+        "fields": [(k, format_value(record[k])) for k in CARD_FIELDS if record.get(k) is not None],
         "all_fields": json.dumps(record, indent=1, sort_keys=True),
     }
 
