@@ -51,13 +51,27 @@ def _without_timings(results):
 @pytest.mark.parametrize("source, passed", [("solution_image_path", True), ("image", False)])
 def test_candidates_dir_scores_without_a_model(dataset, tmp_path, capsys, source, passed):
     candidates = _candidates(dataset, tmp_path / "cands", source)
-    assert main(["--dataset_root", str(dataset), "--candidates_dir", str(candidates),
+    assert main(["--dataset_root", str(dataset), "--candidates_dir", str(candidates), "--attempt_dirs",
                  "--output_dir", str(tmp_path / "eval")]) == 0
     results = _results(tmp_path / "eval")
+    for r in results:  # no video: the attempt folder holds the last frame and content.txt only
+        assert sorted(p.name for p in (tmp_path / "eval/attempts" / r["task"] / r["id"]).iterdir()) == [
+            "content.txt", "result.png"]
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
-    assert all(r["pass"] is passed for r in results)
+    mazes = [r for r in results if r["task"] == "maze_square"]
+    eyeballing = [r for r in results if r["task"] == "midpoint"]
+    assert all(r["pass"] is passed for r in mazes)
+    # A last frame (.png) gives the Last Frame verdict; Major Frame is unavailable and not counted.
+    assert all(r["pass"] is None and r["last_frame_pass"] is passed for r in eyeballing)
+    assert {r["not_scored"] for r in eyeballing} == {"Major Frame needs the video (.mp4); only a last frame (.png) "
+                                                     "was given"}
     summary = json.loads((tmp_path / "eval/summary.json").read_text())
     assert summary["overall"]["pass_rate"] == (1.0 if passed else 0.0) and summary["overall"]["items"] == 6
+    assert summary["overall"]["scored"] == 4
+    point = summary["leaderboard"]["columns"]["Eyeballing Point"]
+    assert (point["items"], point["not_scored"], point["pass_rate"]) == (0, 2, None)
+    assert point["last_frame"] == {"items": 2, "passed": 2 if passed else 0, "pass_rate": 1.0 if passed else 0.0}
+    assert summary["leaderboard"]["average_over"] == ["Maze Square"]
     assert summary["tasks"]["maze_square"]["mean_corridor_precision"] == 1.0  # bare puzzles: only endpoint red
     assert summary["tasks"]["maze_square"]["failure_reasons"] == ({} if passed else {"not_connected": 4})
     for r in results:  # the layout --candidates_dir reads, so this folder can be re-scored in turn
@@ -137,15 +151,29 @@ def _item_jsons(output_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tiny_model, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("full")
-    result = _run(_command(dataset, tiny_model, output_dir))
+    result = _run(_command(dataset, tiny_model, output_dir, "--attempt_dirs"))
     assert result.returncode == 0, result.stderr
     return output_dir
 
 
 def test_uninterrupted_run_outputs(uninterrupted, dataset):
+    import numpy as np
+
+    from wan_sft.video import read_frames
+
     results = _results(uninterrupted)
     assert [f"{r['task']}/{r['id']}" for r in results] == _keys(dataset)
     for r in results:
+        # Scored on the written mp4 as decoded; its last decoded frame is the .png and the attempt's result.png.
+        decoded = read_frames(uninterrupted / r["video"])
+        attempt = uninterrupted / "attempts" / r["task"] / r["id"]
+        assert (attempt / "video_1.mp4").read_bytes() == (uninterrupted / r["video"]).read_bytes()
+        assert (attempt / "content.txt").read_text() == ""
+        for png in (uninterrupted / r["last_frame"], attempt / "result.png"):
+            with Image.open(png) as frame:
+                assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(decoded[-1]))
+        if r["task"] == "midpoint":
+            assert r["frames_scored"] == 2 and r["rule"] == "major_frame" and "last_frame_pass" in r
         for kind in ("video", "last_frame", "input", "overlay"):
             assert (uninterrupted / r[kind]).is_file()
         with Image.open(uninterrupted / r["input"]) as shown, Image.open(r["puzzle"]) as puzzle:
@@ -201,7 +229,7 @@ def test_shards_and_merge_equal_one_run(uninterrupted, dataset, tiny_model, tmp_
     summary, full = (json.loads((d / "summary.json").read_text()) for d in (merged, uninterrupted))
     assert summary["overall"] == full["overall"] and summary["tasks"] == full["tasks"]
     for r in _results(merged):
-        assert (merged / r["video"]).is_file() and (merged / r["last_frame"]).is_file()
+        assert all((merged / r[kind]).is_file() for kind in ("video", "last_frame", "input", "overlay"))
 
 
 def test_worker_killed_midway_is_reported(dataset, tiny_model, tmp_path):
@@ -224,3 +252,121 @@ def test_worker_killed_midway_is_reported(dataset, tiny_model, tmp_path):
         assert process.returncode == 1 and "puzzles unfinished" in err and "died (exit code -9)" in err
         summary = json.loads((output_dir / "summary.json").read_text())
         assert len(summary["unfinished"]) == 6 - finished
+
+
+# ---------------------------------------------------------------- the leaderboard's columns, from candidate videos
+
+ARC_GRID = [[2, 4], [1, 0]]
+ARC_COLOURS = {0: (0, 0, 0), 1: (0, 0, 255), 2: (255, 0, 0), 4: (255, 255, 0)}
+
+
+def _task(root, task, records):
+    (root / task).mkdir(parents=True, exist_ok=True)
+    (root / task / "data.json").write_text(json.dumps(records))
+
+
+def _image(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(scope="module")
+def columns_dataset(tmp_path_factory):
+    """midpoint (17-frame solution videos), color_grid (visual), arcagi (one record with the grid layout, one
+    without), jigsaw (no leaderboard rule); candidates: <task>/<id>.mp4 for every item."""
+    import numpy as np
+
+    from wan_sft.video import write_video
+
+    root, candidates = tmp_path_factory.mktemp("columns"), tmp_path_factory.mktemp("column_candidates")
+    for record in generate_midpoint_task(root, 2, width=W, height=H, num_frames=17, fps=8):
+        (candidates / "midpoint").mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "midpoint" / record["solution_video_path"], candidates / "midpoint" / f"{record['id']}.mp4")
+    blocks = np.zeros((64, 64, 3), dtype=np.uint8)
+    blocks[:32, :32], blocks[:32, 32:], blocks[32:, :32], blocks[32:, 32:] = (200, 40, 40), (40, 200, 40), \
+        (40, 40, 200), (230, 230, 230)
+    arc = np.full((64, 64, 3), 128, dtype=np.uint8)
+    for r, row in enumerate(ARC_GRID):
+        for c, value in enumerate(row):
+            arc[12 + 16 * r:28 + 16 * r, 12 + 16 * c:28 + 16 * c] = ARC_COLOURS[value]
+    layout = {"cell_size": 16, "test_rows": 2, "test_cols": 2, "test_output": ARC_GRID,
+              "placements": [{"kind": "test_output", "bbox": [12, 12, 44, 44]}]}
+    tasks = {"color_grid": [("good", blocks, {}), ("bad", np.zeros_like(blocks), {})],
+             "arcagi": [("laid_out", arc, layout), ("no_layout", arc, {})],
+             "jigsaw": [("piece", blocks, {})]}
+    for task, items in tasks.items():
+        records = []
+        for item_id, shown, extra in items:
+            _image(root / task / f"puzzles/{item_id}_puzzle.png", np.full((64, 64, 3), 255, dtype=np.uint8))
+            _image(root / task / f"solutions/{item_id}_solution.png", blocks if task == "color_grid" else arc)
+            write_video(candidates / task / f"{item_id}.mp4", [np.full((64, 64, 3), 255, np.uint8), shown, shown])
+            records.append({"id": item_id, "prompt": f"solve {task}", "image": f"puzzles/{item_id}_puzzle.png",
+                            "solution_image_path": f"solutions/{item_id}_solution.png", **extra})
+        _task(root, task, records)
+    return root, candidates
+
+
+def test_leaderboard_columns_from_candidate_videos(columns_dataset, tmp_path, capsys):
+    root, candidates = columns_dataset
+    assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates), "--attempt_dirs",
+                 "--output_dir", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    attempts = sorted(p.relative_to(tmp_path / "eval/attempts").as_posix()
+                      for p in (tmp_path / "eval/attempts").rglob("*") if p.is_file())
+    assert attempts == sorted(f"{task}/{item}/{name}" for task, item in (
+        ("midpoint", "midpoint_s0_00000"), ("midpoint", "midpoint_s0_00001"), ("color_grid", "good"),
+        ("color_grid", "bad"), ("arcagi", "laid_out"), ("arcagi", "no_layout"), ("jigsaw", "piece"))
+        for name in ("video_1.mp4", "result.png", "content.txt"))
+    results = {f"{r['task']}/{r['id']}": r for r in _results(tmp_path / "eval")}
+    for key in ("midpoint/midpoint_s0_00000", "midpoint/midpoint_s0_00001"):  # Major Frame on the decoded mp4
+        assert results[key]["pass"] is True and results[key]["frames_scored"] == 4 and results[key]["last_frame_pass"]
+    good, bad = results["color_grid/good"], results["color_grid/bad"]
+    assert good["pass"] is None and good["best_frame"] in (1, 2) and good["distance"] < bad["distance"]
+    assert results["arcagi/laid_out"]["pass"] is True and results["arcagi/laid_out"]["predicted_grid"] == ARC_GRID
+    assert results["arcagi/no_layout"]["pass"] is None and results["arcagi/no_layout"]["not_scored"] == (
+        "the record has no ARC grid layout (placements, cell_size, test_rows, test_cols, test_output missing)")
+    assert results["jigsaw/piece"]["not_scored"] == "the leaderboard has no rule for task 'jigsaw'"
+    assert results["jigsaw/piece"]["overlay"] is None
+    board = json.loads((tmp_path / "eval/summary.json").read_text())["leaderboard"]
+    assert list(board["columns"]) == ["Eyeballing Point", "Visual Symmetry", "ARC-AGI-2"]
+    assert board["columns"]["Eyeballing Point"]["pass_rate"] == 1.0
+    assert board["columns"]["Visual Symmetry"]["items"] == 0 and board["columns"]["Visual Symmetry"]["not_scored"] == 2
+    assert (board["columns"]["ARC-AGI-2"]["items"], board["columns"]["ARC-AGI-2"]["not_scored"]) == (1, 1)
+    assert board["average"] == 1.0 and board["average_over"] == ["Eyeballing Point", "ARC-AGI-2"]
+    assert board["published"]["average_same_columns_percent"] == round((17.78 + 0.71) / 2, 2)
+    assert "not scored: jigsaw (1): the leaderboard has no rule for task 'jigsaw'" in out
+
+    # Our threshold (not the leaderboard's) makes the visual puzzles count, labelled so.
+    threshold = (good["distance"] + bad["distance"]) / 2
+    assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates), "--tasks", "color_grid",
+                 "--visual_threshold", f"rgb={threshold}", "--output_dir", str(tmp_path / "thresholded")]) == 0
+    board = json.loads((tmp_path / "thresholded/summary.json").read_text())["leaderboard"]
+    column = board["columns"]["Visual Symmetry"]
+    assert (column["items"], column["passed"]) == (2, 1)
+    assert column["pass_rule"] == f"rgb distance <= {threshold:g} (not the leaderboard's)"
+    assert "(not the leaderboard's)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--visual_threshold", "size=3"], "error: --visual_threshold 'size=3' is invalid: give a distance N (both "
+                                       "metrics) or rgb=N,binary=M (rgb: sum of per-pixel RGB distances, binary: "
+                                       "mismatched pixels)"),
+    (["--visual_threshold", "-1"], "error: --visual_threshold '-1' is invalid"),
+])
+def test_bad_visual_threshold(columns_dataset, tmp_path, capsys, extra, message):
+    root, candidates = columns_dataset
+    assert main(["--dataset_root", str(root), "--candidates_dir", str(candidates), "--output_dir",
+                 str(tmp_path / "eval"), *extra]) == 2
+    assert capsys.readouterr().err.startswith(message) and not (tmp_path / "eval").exists()
+
+
+def test_missing_solution_image_is_named(columns_dataset, tmp_path, capsys):
+    root, candidates = columns_dataset
+    copy = tmp_path / "data"
+    shutil.copytree(root / "color_grid", copy / "color_grid")
+    (copy / "color_grid/solutions/bad_solution.png").unlink()
+    assert main(["--dataset_root", str(copy), "--candidates_dir", str(candidates), "--output_dir",
+                 str(tmp_path / "eval")]) == 2
+    assert capsys.readouterr().err == (f"error: color_grid/bad: solution image {copy}/color_grid/solutions/"
+                                       f"bad_solution.png not found; the best_frame rule compares the generated "
+                                       f"frames with it\n")

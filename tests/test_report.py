@@ -8,9 +8,13 @@ import pytest
 from PIL import Image
 
 from tests.browser import chromium, load_all_images, serve_directory, watch
+from wan_sft.inference import DEFAULT_NEGATIVE_PROMPT
+from wan_sft.leaderboard import COLUMNS
 from wan_sft.report import moving_average, write_report, write_training_report
 
-# (task, id, pass, failure_reason); maze_square 1/4, midpoint 2/3, overall 3/7.
+HTML_PROMPT = "<b>bold</b> & <script>window.pwned = 1</script> 迷宫"
+# (task, id, pass, failure_reason); maze_square 1/4, midpoint 2/3 (Last Frame 3/3), color_grid not scored;
+# overall 3/7 scored.
 ITEMS = [
     ("maze_square", "maze_square_s0_00001", True, None),
     ("maze_square", "maze_square_s0_00002", False, "not_connected"),
@@ -19,8 +23,10 @@ ITEMS = [
     ("midpoint", "midpoint_s0_00001", True, None),
     ("midpoint", "midpoint_s0_00002", True, None),
     ("midpoint", "midpoint_s0_00003", False, "wrong_option"),
+    ("color_grid", "color_grid_s0_00001", None, None),
 ]
-EXPECTED_RATES = {"maze_square": ("4", "1", "25.0%"), "midpoint": ("3", "2", "66.7%"), "overall": ("7", "3", "42.9%")}
+EXPECTED_RATES = {"maze_square": ("4", "1", "25.0%"), "midpoint": ("3", "2", "66.7%"), "color_grid": ("1", "0", "—"),
+                  "overall": ("8", "3", "42.9%")}
 
 
 def _png(path: Path, color) -> Path:
@@ -34,10 +40,15 @@ def _record(task, item_id, passed, reason, run: Path, puzzles: Path) -> dict:
     if task == "maze_square":
         puzzle = str(_png(puzzles / f"{item_id}_puzzle.png", "white"))
         fields = {"red_pixels": 1234, "wall_overlap_pixels": 0, "touches_start": True, "touches_goal": passed,
-                  "connected": passed, "corridor_precision": 0.93}
+                  "connected": passed, "corridor_precision": 0.93, "column": "Maze Square", "rule": "maze"}
+    elif task == "midpoint":
+        puzzle = _png(run / "inputs" / f"{item_id}_puzzle.png", "white").relative_to(run).as_posix()
+        fields = {"answer": "B" if passed else "C", "correct_option": "B", "centroid": [10.5, 20.25],
+                  "column": "Eyeballing Point", "rule": "major_frame", "last_frame_pass": True, "prompt": HTML_PROMPT}
     else:
         puzzle = _png(run / "inputs" / f"{item_id}_puzzle.png", "white").relative_to(run).as_posix()
-        fields = {"answer": "B" if passed else "C", "correct_option": "B", "centroid": [10.5, 20.25]}
+        fields = {"column": "Visual Symmetry", "rule": "best_frame", "metric": "rgb", "distance": 1234.5,
+                  "best_frame": 3, "not_scored": "the leaderboard has no pass threshold for visual puzzles"}
     _png(run / task / f"{item_id}.png", "red")
     _png(run / task / f"{item_id}_overlay.png", "blue")
     return {"task": task, "id": item_id, "pass": passed, "failure_reason": reason, **fields, "puzzle": puzzle,
@@ -64,7 +75,7 @@ def eval_run(tmp_path_factory) -> Path:
     run = root / "run"
     _write_results(run, root / "puzzle set")
     summary = {
-        "overall": {"items": 7, "passed": 3, "pass_rate": 3 / 7},
+        "overall": {"items": 8, "scored": 7, "passed": 3, "pass_rate": 3 / 7},
         "tasks": {"maze_square": {"items": 4, "passed": 1, "pass_rate": 0.25,
                                   "failure_reasons": {"not_connected": 2, "misses_goal": 1},
                                   "mean_red_pixels": 1234.0, "mean_corridor_precision": 0.93},
@@ -72,7 +83,8 @@ def eval_run(tmp_path_factory) -> Path:
         "failure_reasons": {"not_connected": 2, "misses_goal": 1, "wrong_option": 1},
         "items_per_hour": 120.0,
         "unfinished": {"midpoint/midpoint_s0_00009": "generation timed out"},
-        "settings": {"lora": "/ckpt/step-100.safetensors", "num_frames": 9, "seed": 0},
+        "settings": {"lora": "/ckpt/step-100.safetensors", "num_frames": 9, "seed": 0,
+                     "negative_prompt": DEFAULT_NEGATIVE_PROMPT},
     }
     (run / "summary.json").write_text(json.dumps(summary))
     write_report(run)
@@ -146,6 +158,46 @@ def test_pass_rate_table_and_failure_reasons(eval_run, page):
     assert page.locator("#unfinished td").all_text_contents() == ["midpoint/midpoint_s0_00009", "generation timed out"]
 
 
+def _leaderboard(page) -> dict:
+    """{row: {column: cell text}} of the leaderboard table."""
+    return page.evaluate("""Object.fromEntries([...document.querySelectorAll('#leaderboard tbody tr')].map(row =>
+        [row.dataset.row, Object.fromEntries([...row.querySelectorAll('td[data-column]')]
+            .map(td => [td.dataset.column, td.textContent.trim()]))]))""")
+
+
+def test_leaderboard_table_and_published_row(eval_run, page):
+    problems = _open(page, (eval_run / "report.html").as_uri())
+    assert page.is_visible("#leaderboard")
+    table = _leaderboard(page)
+    ours = table["ours"]
+    assert (ours["Maze Square"], ours["Eyeballing Point"], ours["Visual Symmetry"]) == ("25.0%", "66.7%", "—")
+    assert ours["Average"] == "45.8%" and page.text_content("#average") == "45.8%"  # (25 + 66.7) / 2
+    assert ours["Maze Hexagon"] == "not run" and len(ours) == len(COLUMNS) + 1
+    assert table["last-frame"]["Eyeballing Point"] == "100.0%" and table["last-frame"]["Maze Square"] == ""
+    assert table["counts"]["Visual Symmetry"] == "0/0 (1 not scored)" and table["counts"]["Maze Square"] == "1/4"
+    assert table["published"] == {
+        "Eyeballing Point": "17.78%", "Eyeballing Line": "10.00%", "Eyeballing Shape": "20.00%",
+        "Maze Square": "0.00%", "Maze Hexagon": "0.00%", "Maze Labyrinth": "0.00%", "Visual Symmetry": "7.50%",
+        "Visual Gradient": "10.00%", "Visual Compositionality": "7.50%", "ARC-AGI-2": "0.71%", "Average": "7.35%"}
+    assert page.text_content("#leaderboard tr[data-row=published] th") == "Wan2.2-TI2V-5B zero-shot (published)"
+    source = " ".join(page.text_content("#published-source").split())
+    assert "its Average over the columns present here: 8.89%" in source
+    assert "expected to score about 0%" in " ".join(page.text_content("#random-weights").split())
+    legend = page.locator("#overlay-legend dt").all_text_contents()
+    assert legend == ["Mazes", "Eyeballing", "Visual puzzles"]
+    assert problems.all() == []
+
+
+def test_prompts_render_as_text_and_the_negative_prompt_has_a_translation(eval_run, page):
+    problems = _open(page, (eval_run / "report.html").as_uri())
+    assert page.evaluate("window.pwned") is None
+    assert page.locator(".prompt").first.text_content() == HTML_PROMPT
+    assert page.locator(".card b").count() == 0
+    assert page.locator("#settings span[lang=zh]").text_content() == DEFAULT_NEGATIVE_PROMPT
+    assert page.text_content("#settings .translation").startswith("English: garish colours, overexposed, static")
+    assert problems.all() == []
+
+
 def test_filters(eval_run, page):
     _open(page, (eval_run / "report.html").as_uri())
     assert len(_shown_cards(page)) == len(ITEMS)
@@ -159,6 +211,7 @@ def test_filters(eval_run, page):
 
     passed = _filter(page, "all", "pass")
     assert len(passed) == 3 and {(v, b) for _, v, b in passed} == {("pass", "PASS")}
+    assert _filter(page, "all", "unscored") == [("color_grid", "unscored", "NOT SCORED")]
 
     assert _filter(page, "maze_square", "fail") == [("maze_square", "fail", "FAIL")] * 3
     assert _filter(page, "midpoint", "fail") == [("midpoint", "fail", "FAIL")]
@@ -171,7 +224,8 @@ def test_report_without_summary_counts_from_results(tmp_path, page):
     """A summary.json lacking optional keys (here, all but overall) still gives per-task figures."""
     run = tmp_path / "run"
     _write_results(run, tmp_path / "puzzles")
-    (run / "summary.json").write_text(json.dumps({"overall": {"items": 7, "passed": 3, "pass_rate": 3 / 7}}))
+    overall = {"items": 8, "scored": 7, "passed": 3, "pass_rate": 3 / 7}
+    (run / "summary.json").write_text(json.dumps({"overall": overall}))
     problems = _open(page, write_report(run).as_uri())
     assert _rates_table(page) == {task: list(cells) for task, cells in EXPECTED_RATES.items()}
     assert load_all_images(page) == []

@@ -40,7 +40,10 @@ def validated_run(demo_data, tmp_path_factory):
 def test_validation_runs_at_every_save_on_both_ranks(validated_run, demo_data):
     out, result = validated_run
     rows = read_rows(out)
-    assert [(r["step"], r["task"], r["items"]) for r in rows] == [(s, "maze_square", 4) for s in VAL_STEPS]
+    assert [(r["step"], r["task"], r["column"], r["items"]) for r in rows] == [
+        row for s in VAL_STEPS for row in ((s, "maze_square", "Maze Square", 4), (s, "", "Maze Square", 4))]
+    assert all(task["pass_rate"] == column["pass_rate"] for task, column in zip(rows[::2], rows[1::2]))
+    rows = [r for r in rows if r["task"]]
     keys = held_out_keys(demo_data)
     for step in VAL_STEPS:
         frames = sorted(p.relative_to(out / "validation" / f"step-{step}").with_suffix("").as_posix()
@@ -74,7 +77,7 @@ def test_history_survives_sigkill_and_resume(validated_run, demo_data, tmp_path)
     for state in (out / "states").glob("step-*"):
         if int(state.name.removeprefix("step-")) > 2:
             (state / "COMPLETE").unlink(missing_ok=True)
-    assert [r["step"] for r in read_rows(out)][:2] == [2, 4]
+    assert [r["step"] for r in read_rows(out) if r["task"]][:2] == [2, 4]
 
     command[command.index("--port") + 1] = free_port()
     rerun = run_script(command, cwd=tmp_path)
@@ -90,8 +93,10 @@ def test_history_survives_sigkill_and_resume(validated_run, demo_data, tmp_path)
 def test_restore_history_recomputes_a_best_from_dropped_steps(tmp_path):
     """Resumed at step 4 while best.json names step 6: rows after 4 go, the best is recomputed from the kept rows
     (earliest of equal rates) and best.safetensors is that step's export."""
-    rows = [{"step": s, "task": t, "items": 2, "passed": p, "pass_rate": p / 2}
-            for s, t, p in [(2, "a", 1), (2, "b", 0), (4, "a", 1), (4, "b", 0), (6, "a", 2), (6, "b", 2)]]
+    rows = [{"step": s, "task": t, "column": "C" if t else "Maze Square", "items": n, "passed": p, "pass_rate": p / n}
+            for s, t, n, p in [(2, "a", 2, 1), (2, "b", 2, 0), (4, "a", 2, 1), (4, "b", 2, 0),
+                               (4, "", 9, 9),  # a column row: not part of the overall rate (else step 4 were best)
+                               (6, "a", 2, 2), (6, "b", 2, 2)]]
     write_rows(tmp_path, rows)
     for step in (2, 4, 6):
         (tmp_path / f"step-{step}.safetensors").write_bytes(f"lora {step}".encode())
@@ -100,7 +105,7 @@ def test_restore_history_recomputes_a_best_from_dropped_steps(tmp_path):
     (tmp_path / "best.safetensors").write_bytes(b"lora 6")
 
     assert restore_history(tmp_path, 4) == 0.25
-    assert read_rows(tmp_path) == rows[:4]
+    assert read_rows(tmp_path) == rows[:5]
     assert read_best(tmp_path) == {"step": 2, "pass_rate": 0.25, "lora": "best.safetensors"}
     assert (tmp_path / "best.safetensors").read_bytes() == b"lora 2"
     assert sorted(p.name for p in (tmp_path / "validation").iterdir()) == ["step-2", "step-4"]

@@ -1,11 +1,15 @@
-"""VLMPuzzle evaluation: generate a video per puzzle (one worker process per GPU), score its last frame, summarize.
+"""VLMPuzzle evaluation: generate a video per puzzle (one worker process per GPU), score it with the leaderboard's
+rules (wan_sft/scoring.py) on the frames of the written mp4 as decoded (what the official tools read), summarize
+into the leaderboard's columns.
 
 Output layout (also what `--candidates_dir` reads, so a run can be re-scored into another folder):
     <output_dir>/<task>/<id>.mp4          generated video
-    <output_dir>/<task>/<id>.png          its last frame (the decoded PIL frame, not a re-read of the mp4)
-    <output_dir>/<task>/<id>_overlay.png  what the scorer saw
+    <output_dir>/<task>/<id>.png          its last decoded frame (the official tools' result.png)
+    <output_dir>/<task>/<id>_overlay.png  what the scorer saw (none for an item it could not score)
     <output_dir>/<task>/<id>.json         score + timings, written atomically LAST: the item's completion marker
     <output_dir>/run_settings.json        what a resumed run or a merge must share with this one
+    <output_dir>/attempts/<task>/<id>/    with --attempt_dirs: video_1.mp4, result.png (its last decoded frame)
+                                          and an empty content.txt, what the official VLMPuzzle evaluators read
     <output_dir>/results.jsonl, summary.json, report.html   rebuilt from the per-item JSONs at the end
 A rerun skips items whose JSON exists. Workers get items one at a time from the parent over their own pipe (no
 shared queue lock that a killed worker could leave held); a worker that dies costs only its current item, which
@@ -32,7 +36,8 @@ from .fsutil import atomic_save_image, atomic_write
 from .geometry import DEFAULT_FIT, fit_image
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
-from .scoring import is_maze_task, overlay_image, score_item
+from .leaderboard import column_scores, rule_of
+from .scoring import VISUAL_METRICS, overlay_image, score_item
 
 SETTINGS_FILE = "run_settings.json"
 RESULTS_FILE = "results.jsonl"
@@ -133,24 +138,49 @@ def is_finished(output_dir: Path, item: PuzzleItem) -> bool:
     return item_path(output_dir, item.task, item.id, "result").is_file()
 
 
-def score_and_record(item: PuzzleItem, last_frame, output_dir: Path, has_video: bool,
-                     seconds_generate: float | None, worker: str, fit: str = DEFAULT_FIT) -> dict:
-    """Save the last frame and overlay, score, then write the item's JSON (last: it marks the item finished)."""
+@dataclass(frozen=True)
+class ScoringOptions:
+    """What the verdicts depend on besides the frames: how the puzzle was fitted to the frame, and our (not the
+    leaderboard's) pass thresholds for visual puzzles ({metric: max distance}; None: distance only)."""
+    fit: str = DEFAULT_FIT
+    visual_thresholds: dict | None = None
+
+
+def solution_image_path(item: PuzzleItem) -> Path:
+    """The record's solution_image_path, else the VLMPuzzle layout's solutions/<id>_solution.png."""
+    return item.solution_image or item.task_dir / "solutions" / f"{item.id}_solution.png"
+
+
+def needs_solution_image(task: str) -> bool:
+    """Visual puzzles and ARC-AGI-2 compare with the solution image."""
+    return rule_of(task) in ("best_frame", "arc_grid")
+
+
+def score_and_record(item: PuzzleItem, frames: list, output_dir: Path, has_video: bool,
+                     seconds_generate: float | None, worker: str, options: ScoringOptions) -> dict:
+    """Score the frames (the decoded video, or only a last frame), save the last frame and the overlay, then write
+    the item's JSON (last: it marks the item finished)."""
     start = time.perf_counter()
-    task_name = Path(item.task).name  # the rule depends on the task kind, not on where the folder sits
+    task_name = item.task
+    last_frame = frames[-1]
     puzzle = read_image(item.puzzle_path)
-    score = score_item(last_frame, puzzle, item.record, task_name)
+    solution = read_image(solution_image_path(item)) if needs_solution_image(task_name) else None
+    score = score_item(frames, item.record, task_name, puzzle=puzzle, solution=solution, video=has_video,
+                       fit=options.fit, visual_thresholds=options.visual_thresholds)
     atomic_save_image(last_frame, item_path(output_dir, item.task, item.id, "frame"))
     # The puzzle as the model and the scorer saw it, inside output_dir so the report is self-contained.
-    atomic_save_image(fit_image(puzzle, *last_frame.size, fit), item_path(output_dir, item.task, item.id, "input"))
-    atomic_save_image(overlay_image(last_frame, puzzle, item.record, task_name),
-                      item_path(output_dir, item.task, item.id, "overlay"))
+    atomic_save_image(fit_image(puzzle, *last_frame.size, options.fit),
+                      item_path(output_dir, item.task, item.id, "input"))
+    overlay = overlay_image(frames, item.record, task_name, score, puzzle=puzzle, solution=solution, fit=options.fit)
+    if overlay is not None:
+        atomic_save_image(overlay, item_path(output_dir, item.task, item.id, "overlay"))
     relative = {kind: item_path(Path(), item.task, item.id, kind).as_posix()
                 for kind in ("video", "frame", "input", "overlay")}
     result = {"task": item.task, "id": item.id, **{k: v for k, v in score.items() if k != "task"},
               "prompt": item.prompt, "puzzle": str(item.puzzle_path), "input": relative["input"],
-              "last_frame": relative["frame"],
-              "video": relative["video"] if has_video else None, "overlay": relative["overlay"],
+              "solution": str(solution_image_path(item)) if solution is not None else None,
+              "last_frame": relative["frame"], "video": relative["video"] if has_video else None,
+              "overlay": relative["overlay"] if overlay is not None else None,
               "seconds_generate": None if seconds_generate is None else round(seconds_generate, 3),
               "seconds_score": round(time.perf_counter() - start, 3), "worker": worker}
     atomic_write(item_path(output_dir, item.task, item.id, "result"), json.dumps(result, indent=1, ensure_ascii=False))
@@ -166,18 +196,21 @@ class GenerationJob:
     fps: int
     output_dir: str
     compile_blocks: bool
+    scoring: ScoringOptions
     fp8: bool = False
 
 
 def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> dict:
-    from .video import write_video
+    """Generate, write the mp4, and score the frames decoded from it (what the official tools score)."""
+    from .video import read_frames, write_video
 
     output_dir = Path(job.output_dir)
     start = time.perf_counter()
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
     seconds = time.perf_counter() - start
-    write_video(item_path(output_dir, item.task, item.id, "video"), frames, fps=job.fps)
-    return score_and_record(item, frames[-1], output_dir, True, seconds, worker, job.settings.fit)
+    video = item_path(output_dir, item.task, item.id, "video")
+    write_video(video, frames, fps=job.fps)
+    return score_and_record(item, read_frames(video), output_dir, True, seconds, worker, job.scoring)
 
 
 def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None, Path | None]:
@@ -187,15 +220,16 @@ def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None
     return (frame if frame.is_file() else None), (video if video.is_file() else None)
 
 
-def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path, fit: str = DEFAULT_FIT) -> dict:
-    """Score a candidate: its PNG if there is one (lossless), else the last decoded frame of its mp4."""
+def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path, options: ScoringOptions) -> dict:
+    """Score a candidate: the decoded frames of its mp4 when there is one (every verdict), else its PNG as the
+    last frame (last-frame verdicts only)."""
     from .video import read_frames
 
     frame_file, video_file = candidate_files(candidates_dir, item)
-    last_frame = read_image(frame_file) if frame_file else read_frames(video_file)[-1]
     if video_file:
         atomic_write(item_path(output_dir, item.task, item.id, "video"), video_file.read_bytes())
-    return score_and_record(item, last_frame, output_dir, video_file is not None, None, "score", fit)
+        return score_and_record(item, read_frames(video_file), output_dir, True, None, "score", options)
+    return score_and_record(item, [read_image(frame_file)], output_dir, False, None, "score", options)
 
 
 # ---------------------------------------------------------------- workers
@@ -363,13 +397,26 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def _group_stats(results: list[dict], mazes: bool) -> dict:
-    passed = sum(1 for r in results if r["pass"])
-    stats = {"items": len(results), "passed": passed, "pass_rate": round(passed / len(results), 4) if results else None,
-             "failure_reasons": dict(sorted(Counter(r["failure_reason"] for r in results if not r["pass"]).items())),
-             "mean_red_pixels": _mean(r.get("red_pixels") for r in results)}
-    if mazes:
+def _group_stats(results: list[dict]) -> dict:
+    """Items, the scored ones' pass figures, why the others were not scored, and the means that apply."""
+    scored = [r for r in results if r.get("pass") is not None]
+    passed = sum(1 for r in scored if r["pass"])
+    stats = {"items": len(results), "scored": len(scored), "passed": passed,
+             "pass_rate": round(passed / len(scored), 4) if scored else None,
+             "failure_reasons": dict(sorted(Counter(r["failure_reason"] for r in scored if not r["pass"]).items())),
+             "not_scored": dict(sorted(Counter(r["not_scored"] for r in results if r.get("not_scored")).items()))}
+    red = _mean(r.get("red_pixels") for r in results)
+    if red is not None:  # mazes and eyeballing
+        stats["mean_red_pixels"] = red
+    rules = {r.get("rule") for r in results}
+    if rules == {"maze"}:
         stats["mean_corridor_precision"] = _mean(r.get("corridor_precision") for r in results)
+    if rules == {"major_frame"}:
+        last = [r["last_frame_pass"] for r in results if r.get("last_frame_pass") is not None]
+        stats["last_frame_pass_rate"] = round(sum(last) / len(last), 4) if last else None
+    if rules == {"best_frame"}:
+        stats["mean_distance"] = _mean(r.get("distance") for r in results)
+        stats["metric"] = next((r["metric"] for r in results if r.get("metric")), None)
     return stats
 
 
@@ -378,9 +425,13 @@ def summarize(results: list[dict], settings: dict, items_per_hour: float | None,
     by_task = {}
     for result in results:
         by_task.setdefault(result["task"], []).append(result)
+    tasks = {}
+    for task, rows in sorted(by_task.items()):
+        tasks[task] = {"column": rows[0].get("column"), "rule": rows[0].get("rule"), **_group_stats(rows)}
     return {
-        "overall": _group_stats(results, False),
-        "tasks": {task: _group_stats(rows, is_maze_task(Path(task).name)) for task, rows in sorted(by_task.items())},
+        "leaderboard": column_scores(results),
+        "overall": _group_stats(results),
+        "tasks": tasks,
         "items_this_run": items_this_run,
         "items_per_hour": None if items_per_hour is None else round(items_per_hour, 2),
         "unfinished": dict(sorted(unfinished.items())),
@@ -388,20 +439,62 @@ def summarize(results: list[dict], settings: dict, items_per_hour: float | None,
     }
 
 
-def format_table(summary: dict) -> str:
-    def row(name, stats):
-        rate = "-" if stats["pass_rate"] is None else f"{100 * stats['pass_rate']:.1f}%"
-        corridor = stats.get("mean_corridor_precision")
-        red = stats["mean_red_pixels"]
-        return (f"{name:<28} {stats['items']:>6} {stats['passed']:>6} {rate:>8} "
-                f"{'-' if red is None else f'{red:.0f}':>9} {'-' if corridor is None else f'{corridor:.3f}':>9}")
+def _percent(rate) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
 
-    lines = [f"{'task':<28} {'items':>6} {'passed':>6} {'pass':>8} {'mean red':>9} {'corridor':>9}"]
+
+def format_table(summary: dict) -> str:
+    """The leaderboard columns (ours beside the published zero-shot row), then one row per task."""
+    board = summary["leaderboard"]
+    lines = [f"{'leaderboard column':<26} {'items':>6} {'passed':>6} {'pass':>7} {'last frame':>10} "
+             f"{'published':>9}  (Major Frame is the eyeballing verdict)"]
+    for column, entry in board["columns"].items():
+        last = entry.get("last_frame")
+        note = f"  [{entry['pass_rule']}]" if entry.get("pass_rule") else ""
+        note += f"  ({entry['not_scored']} not scored)" if entry["not_scored"] else ""
+        lines.append(f"{column:<26} {entry['items']:>6} {entry['passed']:>6} {_percent(entry['pass_rate']):>7} "
+                     f"{_percent(last['pass_rate']) if last else '':>10} {entry['published_percent']:>8.2f}%{note}")
+    published = board["published"]
+    if board["average"] is not None:
+        lines.append(f"{'Average':<26} {'':>6} {'':>6} {_percent(board['average']):>7} {'':>10} "
+                     f"{published['average_same_columns_percent']:>8.2f}%  (over the {len(board['average_over'])} "
+                     f"columns present; published over all 10: {published['row_percent']['Average']:.2f}%)")
+    lines.append(f"published: {published['source']}")
+    lines.append("")
+    lines.append(f"{'task':<28} {'items':>6} {'scored':>6} {'passed':>6} {'pass':>7} {'mean red':>9} {'corridor':>9} "
+                 f"{'distance':>12}")
+
+    def row(name, stats):
+        red, corridor, distance = (stats.get(k) for k in ("mean_red_pixels", "mean_corridor_precision",
+                                                          "mean_distance"))
+        return (f"{name:<28} {stats['items']:>6} {stats['scored']:>6} {stats['passed']:>6} "
+                f"{_percent(stats['pass_rate']):>7} {'-' if red is None else f'{red:.0f}':>9} "
+                f"{'-' if corridor is None else f'{corridor:.3f}':>9} "
+                f"{'-' if distance is None else f'{distance:.6g}':>12}")
+
     lines += [row(task, stats) for task, stats in summary["tasks"].items()]
-    lines.append(row("overall", summary["overall"]))
+    lines.append(row("overall (pooled)", summary["overall"]))
+    for task, stats in summary["tasks"].items():
+        for reason, count in stats["not_scored"].items():
+            lines.append(f"not scored: {task} ({count}): {reason}")
     if summary["items_per_hour"] is not None:
         lines.append(f"{summary['items_this_run']} items this run, {summary['items_per_hour']:.1f} items/hour")
     return "\n".join(lines)
+
+
+def write_attempt_dirs(output_dir: Path, results: list[dict]) -> Path:
+    """<output_dir>/attempts/<task>/<id>/ for every finished item: video_1.mp4 (when there is a video), result.png
+    and an empty content.txt (the official eyeballing evaluator fails without it). Items already there are kept."""
+    attempts = output_dir / "attempts"
+    for result in results:
+        folder = attempts / result["task"] / result["id"]
+        if (folder / "content.txt").is_file():  # written last
+            continue
+        if result.get("video"):
+            atomic_write(folder / "video_1.mp4", (output_dir / result["video"]).read_bytes())
+        atomic_write(folder / "result.png", (output_dir / result["last_frame"]).read_bytes())
+        atomic_write(folder / "content.txt", "")
+    return attempts
 
 
 def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
@@ -449,7 +542,14 @@ def parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--prompt_key", default=None,
                         help="record key of the prompt (default: ti2v_prompt, else prompt)")
     parser.add_argument("--candidates_dir", default=None,
-                        help="score existing <task>/<id>.png (or .mp4) outputs instead of generating; loads no model")
+                        help="score existing <task>/<id>.mp4 (every verdict) or <task>/<id>.png (last-frame verdicts "
+                             "only) instead of generating; loads no model")
+    parser.add_argument("--attempt_dirs", action="store_true",
+                        help="also write <output_dir>/attempts/<task>/<id>/{video_1.mp4,result.png,content.txt} for "
+                             "the official VLMPuzzle evaluators")
+    parser.add_argument("--visual_threshold", default=None,
+                        help="a pass rule for visual puzzles, NOT the leaderboard's (it publishes none): N (both "
+                             "metrics) or rgb=N,binary=M; pass = best-frame distance <= N")
     parser.add_argument("--gpus", default=None, help="GPU indices, one worker each (default: all visible)")
     parser.add_argument("--workers", type=int, default=1, help="CPU worker processes when no GPU is visible")
     parser.add_argument("--no_compile", action="store_true",
@@ -467,14 +567,39 @@ def parse_args(argv) -> argparse.Namespace:
     return args
 
 
+def parse_visual_threshold(text: str | None) -> dict | None:
+    """'N' -> both metrics; 'rgb=N,binary=M' -> per metric (either may be left out)."""
+    if text is None:
+        return None
+    problem = (f"--visual_threshold {text!r} is invalid: give a distance N (both metrics) or rgb=N,binary=M "
+               f"(rgb: sum of per-pixel RGB distances, binary: mismatched pixels)")
+    try:
+        if "=" not in text:
+            thresholds = dict.fromkeys(VISUAL_METRICS, float(text))
+        else:
+            pairs = [part.split("=", 1) for part in text.split(",")]
+            thresholds = {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise InputError(problem) from None
+    if not thresholds or set(thresholds) - set(VISUAL_METRICS) or min(thresholds.values()) < 0:
+        raise InputError(problem)
+    return thresholds
+
+
+def scoring_options(args) -> ScoringOptions:
+    return ScoringOptions(getattr(args, "fit", DEFAULT_FIT), parse_visual_threshold(args.visual_threshold))
+
+
 def run_settings(args) -> dict:
+    options = scoring_options(args)
+    scoring = {"fit": options.fit, "visual_thresholds": options.visual_thresholds}
     if args.candidates_dir:
-        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve()), "fit": args.fit}
+        return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve()), **scoring}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key,
-            "fit": args.fit, "fp8": "approximate: DiT block linears in FP8 (--fp8)" if args.fp8 else False}
+            "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key, **scoring,
+            "fp8": "approximate: DiT block linears in FP8 (--fp8)" if args.fp8 else False}
 
 
 def evaluate(argv) -> int:
@@ -485,6 +610,11 @@ def evaluate(argv) -> int:
                          args.num_shards, args.shard_index)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a folder")
+    options = scoring_options(args)
+    for item in items:
+        if needs_solution_image(item.task) and not solution_image_path(item).is_file():
+            raise InputError(f"{item.key}: solution image {solution_image_path(item)} not found; the "
+                             f"{rule_of(item.task)} rule compares the generated frames with it")
     if args.candidates_dir:
         candidates_dir = Path(args.candidates_dir).resolve()
         if not candidates_dir.is_dir():
@@ -505,7 +635,8 @@ def evaluate(argv) -> int:
     atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
     todo = [item for item in items if not is_finished(output_dir, item)]
     done_before = len(items) - len(todo)
-    passed = sum(1 for r in read_item_results(output_dir, items) if r["pass"])
+    earlier = read_item_results(output_dir, items)
+    passed, scored = sum(1 for r in earlier if r["pass"]), sum(1 for r in earlier if r["pass"] is not None)
     print(f"{len(items)} puzzles selected, {done_before} already finished in {output_dir}, {len(todo)} to do",
           flush=True)
 
@@ -514,19 +645,20 @@ def evaluate(argv) -> int:
     bar = tqdm(total=len(items), initial=done_before, desc="eval", file=sys.stderr, dynamic_ncols=True)
 
     def on_result(result):
-        nonlocal passed
+        nonlocal passed, scored
         passed += bool(result["pass"])
+        scored += result["pass"] is not None
         bar.update(1)
-        bar.set_postfix_str(f"pass {passed}/{bar.n} ({100 * passed / bar.n:.0f}%)")
+        bar.set_postfix_str(f"pass {passed}/{scored} scored" + (f" ({100 * passed / scored:.0f}%)" if scored else ""))
 
     start = time.time()
     if args.candidates_dir:
         for item in todo:
-            on_result(rescore_item(item, candidates_dir, output_dir, args.fit))
+            on_result(rescore_item(item, candidates_dir, output_dir, options))
         problems = {}
     elif todo:
         job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),
-                            compile_blocks=not args.no_compile, fp8=args.fp8)
+                            compile_blocks=not args.no_compile, scoring=options, fp8=args.fp8)
         problems = run_workers(todo, specs, job, on_result, log=bar.write)
     else:
         problems = {}
@@ -542,6 +674,8 @@ def evaluate(argv) -> int:
                             "limit": args.limit, "ids_file": args.ids_file, "num_shards": args.num_shards,
                             "shard_index": args.shard_index, "items": len(items)}
     write_outputs(output_dir, results, summary)
+    if args.attempt_dirs:
+        print(f"attempt folders for the official evaluators: {write_attempt_dirs(output_dir, results)}", flush=True)
     return _report_unfinished(unfinished)
 
 
@@ -581,7 +715,7 @@ def merge(argv) -> int:
         for result in read_item_results(shard):
             if item_path(output_dir, result["task"], result["id"], "result").is_file():
                 continue
-            for kind in ("video", "frame", "overlay", "result"):  # result last: it marks the item finished
+            for kind in ("video", "frame", "input", "overlay", "result"):  # result last: it marks the item finished
                 source = item_path(shard, result["task"], result["id"], kind)
                 if source.is_file():
                     atomic_write(item_path(output_dir, result["task"], result["id"], kind), source.read_bytes())

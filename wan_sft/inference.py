@@ -28,6 +28,12 @@ DEFAULT_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+DEFAULT_NEGATIVE_PROMPT_ENGLISH = (  # shown beside it in reports (browsers without CJK fonts show boxes)
+    "garish colours, overexposed, static, blurry details, subtitles, style, artwork, painting, picture, still, "
+    "greyish overall, worst quality, low quality, JPEG compression artefacts, ugly, mutilated, extra fingers, "
+    "poorly drawn hands, poorly drawn face, deformed, disfigured, malformed limbs, fused fingers, motionless frame, "
+    "cluttered background, three legs, many people in the background, walking backwards"
+)
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,39 @@ def rule_of(task: str) -> str | None:
     """How the leaderboard scores a task: major_frame, maze, best_frame or arc_grid; None when it has no rule."""
     column = column_of(task)
     return COLUMNS[column][0] if column else None
+
+
+def _rate(passed: int, items: int) -> float | None:
+    return round(passed / items, 4) if items else None
+
+
+def column_scores(results: list[dict]) -> dict:
+    """The leaderboard row of scored results (each with `column`, `pass` True/False/None, and for eyeballing
+    `last_frame_pass`): per column present (in leaderboard order) its tasks, scored items, passed, pooled pass rate,
+    items not scored and, for eyeballing, the Last Frame figures; `average`: unweighted mean of the columns that
+    have a pass rate; `published`: the published row (percent), and its Average over those same columns."""
+    columns = {}
+    for column, (rule, _) in COLUMNS.items():
+        rows = [r for r in results if r.get("column") == column]
+        if not rows:
+            continue
+        scored = [r for r in rows if r.get("pass") is not None]
+        passed = sum(bool(r["pass"]) for r in scored)
+        entry = {"rule": rule, "tasks": sorted({r["task"] for r in rows}), "items": len(scored), "passed": passed,
+                 "pass_rate": _rate(passed, len(scored)), "not_scored": len(rows) - len(scored),
+                 "published_percent": PUBLISHED_WAN22_TI2V_5B[column]}
+        if rule == "major_frame":
+            last = [r for r in rows if r.get("last_frame_pass") is not None]
+            last_passed = sum(bool(r["last_frame_pass"]) for r in last)
+            entry["last_frame"] = {"items": len(last), "passed": last_passed,
+                                   "pass_rate": _rate(last_passed, len(last))}
+        rules = sorted({r["pass_rule"] for r in scored if r.get("pass_rule")})
+        if rules:
+            entry["pass_rule"] = "; ".join(rules)  # a threshold of ours, labelled "not the leaderboard's"
+        columns[column] = entry
+    rated = [name for name, entry in columns.items() if entry["pass_rate"] is not None]
+    average = round(sum(columns[name]["pass_rate"] for name in rated) / len(rated), 4) if rated else None
+    published_same = round(sum(PUBLISHED_WAN22_TI2V_5B[name] for name in rated) / len(rated), 2) if rated else None
+    return {"columns": columns, "average": average, "average_over": rated,
+            "published": {"source": PUBLISHED_SOURCE, "row_percent": PUBLISHED_WAN22_TI2V_5B,
+                          "average_same_columns_percent": published_same}}

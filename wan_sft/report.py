@@ -17,13 +17,19 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
 from wan_sft.fsutil import atomic_write
+from wan_sft.inference import DEFAULT_NEGATIVE_PROMPT, DEFAULT_NEGATIVE_PROMPT_ENGLISH
+from wan_sft.leaderboard import COLUMNS, column_scores
+from wan_sft.scoring import OVERLAY_LEGEND
 
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 # Shown on each gallery card when present; every field stays visible under "all fields".
-CARD_FIELDS = ("red_pixels", "wall_overlap_pixels", "touches_start", "touches_goal", "connected",
-               "corridor_precision", "answer", "correct_option", "centroid", "seconds_generate")
+CARD_FIELDS = ("column", "not_scored", "pass_rule", "red_pixels", "wall_overlap_pixels", "touches_start",
+               "touches_goal", "connected", "corridor_precision", "answer", "correct_option", "votes",
+               "frames_voted", "last_frame_pass", "last_frame_answer", "centroid", "metric", "distance", "best_frame",
+               "cells_wrong", "seconds_generate")
+RULE_NAMES = {"maze": "Mazes", "major_frame": "Eyeballing", "best_frame": "Visual puzzles", "arc_grid": "ARC-AGI-2"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22")
 
@@ -73,14 +79,16 @@ def page_relative_url(path: str | None, output_dir: Path) -> str | None:
 
 
 def _counts(results: list[dict]) -> dict:
-    items, passed = len(results), sum(bool(r.get("pass")) for r in results)
-    return {"items": items, "passed": passed, "pass_rate": passed / items if items else None}
+    scored = [r for r in results if r.get("pass") is not None]
+    passed = sum(bool(r["pass"]) for r in scored)
+    return {"items": len(results), "scored": len(scored), "passed": passed,
+            "pass_rate": passed / len(scored) if scored else None}
 
 
 def _failure_reasons(results: list[dict]) -> dict[str, int]:
     reasons: dict[str, int] = {}
     for r in results:
-        if not r.get("pass"):
+        if r.get("pass") is False:
             reason = r.get("failure_reason") or "unknown"
             reasons[reason] = reasons.get(reason, 0) + 1
     return reasons
@@ -95,19 +103,48 @@ def _with_defaults(given: dict, results: list[dict]) -> dict:
     return row
 
 
+def _verdict(passed) -> str:
+    return "unscored" if passed is None else "pass" if passed else "fail"
+
+
 def _card(record: dict, output_dir: Path) -> dict:
     return {
         "task": str(record.get("task", "?")),
         "id": str(record.get("id", "?")),
-        "passed": bool(record.get("pass")),
+        "verdict": _verdict(record.get("pass")),
+        "prompt": record.get("prompt"),
         "failure_reason": record.get("failure_reason"),
         "images": [("input", page_relative_url(record.get("input") or record.get("puzzle"), output_dir))]
                   + [(label, page_relative_url(record.get(key), output_dir))
                      for label, key in (("last frame", "last_frame"), ("overlay", "overlay"))],
         "video": page_relative_url(record.get("video"), output_dir),
-        "fields": [(k, format_value(record[k])) for k in CARD_FIELDS if k in record],
+        "fields": [(k, format_value(record[k])) for k in CARD_FIELDS if record.get(k) is not None],
         "all_fields": json.dumps(record, indent=1, sort_keys=True),
     }
+
+
+def _percent(value) -> str:
+    return "—" if value is None else f"{value:.2f}%"
+
+
+def leaderboard_view(board: dict) -> dict:
+    """The leaderboard row of this run and the published one, cell by cell over all 10 columns and Average."""
+    cells = []
+    for name in COLUMNS:
+        entry = board["columns"].get(name)
+        last = (entry or {}).get("last_frame")
+        cells.append({"name": name, "present": entry is not None,
+                      "rate": format_rate(entry["pass_rate"]) if entry else "not run",
+                      "last_frame": format_rate(last["pass_rate"]) if last else "",
+                      "counts": f"{entry['passed']}/{entry['items']}" + (
+                          f" ({entry['not_scored']} not scored)" if entry["not_scored"] else "") if entry else "",
+                      "pass_rule": (entry or {}).get("pass_rule"),
+                      "published": _percent(board["published"]["row_percent"][name])})
+    published = board["published"]
+    return {"cells": cells, "average": format_rate(board["average"]), "average_over": len(board["average_over"]),
+            "published_average": _percent(published["row_percent"]["Average"]),
+            "published_same_columns": _percent(published.get("average_same_columns_percent")),
+            "source": published["source"], "pass_rules": [c for c in cells if c["pass_rule"]]}
 
 
 def write_report(output_dir: Path) -> Path:
@@ -127,6 +164,10 @@ def write_report(output_dir: Path) -> Path:
                              results)
     cards = sorted((_card(r, output_dir) for r in results), key=lambda c: (c["task"], c["id"]))
     settings = {k: format_value(v) for k, v in (summary.get("settings") or {}).items()}
+    translations = {}
+    if (summary.get("settings") or {}).get("negative_prompt") == DEFAULT_NEGATIVE_PROMPT:
+        translations["negative_prompt"] = DEFAULT_NEGATIVE_PROMPT_ENGLISH
+    rules = {r.get("rule") for r in results}
 
     html = _TEMPLATES.get_template("eval_report.html.j2").render(
         title=f"Evaluation report — {output_dir.resolve().name}",
@@ -135,6 +176,9 @@ def write_report(output_dir: Path) -> Path:
         unfinished=sorted((summary.get("unfinished") or {}).items()),
         tasks=tasks,
         overall=overall,
+        leaderboard=leaderboard_view(summary.get("leaderboard") or column_scores(results)),
+        translations=translations,
+        legend=[(RULE_NAMES[rule], text) for rule, text in OVERLAY_LEGEND.items() if rule in rules],
         failure_reasons=sorted(overall["failure_reasons"].items(), key=lambda kv: (-kv[1], kv[0])),
         cards=cards,
     )
@@ -231,10 +275,12 @@ def line_chart(series: list[Series], *, x_label: str, y_label: str, x_range: tup
 
 
 def read_validation(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Pass rate per task from validation.csv, as (step, pass_rate) points in step order."""
+    """Pass rate per task from validation.csv, as (step, pass_rate) points in step order (column rows skipped)."""
     curves: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            if not row["task"]:
+                continue
             curves.setdefault(row["task"], []).append((int(row["step"]), float(row["pass_rate"])))
     return {task: sorted(points) for task, points in sorted(curves.items())}
 

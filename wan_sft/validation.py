@@ -1,11 +1,14 @@
 """Task validation during training: puzzle pass rate of the current LoRA against the step, and the best checkpoint.
 
 At every `--val_every` steps each rank generates its share of the K held-out puzzles (item i on rank i % world)
-with the training DiT itself (LoRA active, eval mode, no grad), scores the decoded last frame, and rank 0 gathers
-the results into:
-    <output_dir>/validation.csv                      step,task,items,passed,pass_rate (one row per task and step)
-    <output_dir>/validation/step-N/<task>/<id>.png   the last frames
+with the training DiT itself (LoRA active, eval mode, no grad), writes the mp4, scores its decoded frames with the
+leaderboard's rules (as evaluation does), and rank 0 gathers the results into:
+    <output_dir>/validation.csv                      step,task,column,items,passed,pass_rate: per step one row per
+                                                     task (scored items), and one per leaderboard column (task empty)
+    <output_dir>/validation/step-N/<task>/<id>.mp4, .png   the videos and their last decoded frames
     <output_dir>/best.json, best.safetensors         the step with the highest overall pass rate (earliest on ties)
+Items the leaderboard does not score (no rule, a visual puzzle's distance, an ARC record without the grid layout)
+count in no rate.
 T5 and the VAE: with the latent cache training drops them from the pipeline; the validator keeps them, the VAE on
 the device (small) and T5 on the CPU, and puts both back into the pipeline only while it generates.
 
@@ -30,15 +33,17 @@ from accelerate.utils import broadcast_object_list, gather_object
 from .config import InputError
 from .data import Sample, read_training_csv
 from .datasets import PuzzleItem
-from .evaluation import check_image_header, find_items, read_ids_file
+from .evaluation import check_image_header, find_items, needs_solution_image, read_ids_file, solution_image_path
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
 from .lora import export_lora
 from .report import write_training_report
+from .leaderboard import column_scores
 from .scoring import score_item
+from .video import read_frames, write_video
 
 CSV_FILE = "validation.csv"
-CSV_COLUMNS = ("step", "task", "items", "passed", "pass_rate")
+CSV_COLUMNS = ("step", "task", "column", "items", "passed", "pass_rate")
 FRAMES_DIR = "validation"
 BEST_JSON = "best.json"
 BEST_LORA = "best.safetensors"
@@ -77,11 +82,16 @@ def select_validation_items(args) -> list[PuzzleItem]:
         check_image_header(item.puzzle_path, item.key)
         try:  # a record the scorer cannot read would otherwise fail hours into training
             puzzle = read_image(item.puzzle_path)
-            score_item(puzzle, puzzle, item.record, Path(item.task).name)
+            score_item([puzzle], item.record, item.task, puzzle=puzzle, solution=solution_image(item))
         except Exception as error:  # noqa: BLE001 - any failure here means the record is unusable
             raise InputError(f"validation puzzle {item.key} cannot be scored ({error.__class__.__name__}: "
                              f"{error}); fix its data.json record or leave it out of the ids file") from None
     return items
+
+
+def solution_image(item: PuzzleItem):
+    """The solution image where the task's rule compares with it (visual puzzles, ARC-AGI-2), else None."""
+    return read_image(solution_image_path(item)) if needs_solution_image(item.task) else None
 
 
 def training_puzzles(samples: list[Sample], items: list[PuzzleItem]) -> dict[str, Sample]:
@@ -124,8 +134,8 @@ def read_rows(output_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [dict(row, step=int(row["step"]), items=int(row["items"]), passed=int(row["passed"]),
-                     pass_rate=float(row["pass_rate"])) for row in csv.DictReader(f)]
+        return [dict(row, step=int(row["step"]), column=row.get("column") or "", items=int(row["items"]),
+                     passed=int(row["passed"]), pass_rate=float(row["pass_rate"])) for row in csv.DictReader(f)]
 
 
 def write_rows(output_dir: Path, rows: list[dict]) -> None:
@@ -140,6 +150,8 @@ def overall_pass_rates(rows: list[dict]) -> dict[int, float]:
     """{step: passed / items over all tasks}, in step order."""
     totals: dict[int, list[int]] = {}
     for row in rows:
+        if not row["task"]:  # a column row
+            continue
         total = totals.setdefault(row["step"], [0, 0])
         total[0] += row["passed"]
         total[1] += row["items"]
@@ -186,12 +198,19 @@ def restore_history(output_dir: Path, resumed_step: int) -> float | None:
 
 
 def per_task_rows(step: int, results: list[dict]) -> list[dict]:
+    """One row per task with scored items, then one per leaderboard column (task empty)."""
     rows = {}
     for result in results:
-        row = rows.setdefault(result["task"], {"step": step, "task": result["task"], "items": 0, "passed": 0})
+        if result["pass"] is None:
+            continue
+        row = rows.setdefault(result["task"], {"step": step, "task": result["task"], "column": result["column"] or "",
+                                               "items": 0, "passed": 0})
         row["items"] += 1
         row["passed"] += bool(result["pass"])
-    return [dict(row, pass_rate=round(row["passed"] / row["items"], 4)) for _, row in sorted(rows.items())]
+    columns = [{"step": step, "task": "", "column": name, "items": entry["items"], "passed": entry["passed"],
+                "pass_rate": entry["pass_rate"]}
+               for name, entry in column_scores(results)["columns"].items() if entry["items"]]
+    return [dict(row, pass_rate=round(row["passed"] / row["items"], 4)) for _, row in sorted(rows.items())] + columns
 
 
 # ---------------------------------------------------------------- the validator inside the training loop
@@ -233,18 +252,31 @@ class TaskValidator:
             for item in self.mine:
                 puzzle = read_image(item.puzzle_path)
                 frames = generate(self.pipe, puzzle, item.prompt, self.settings, tiled_decode=True)  # beside training
-                score = score_item(frames[-1], puzzle, item.record, Path(item.task).name)
-                atomic_save_image(frames[-1], frames_dir / item.task / f"{item.id}.png")
-                results.append({"task": item.task, "pass": bool(score["pass"])})
+                video = frames_dir / item.task / f"{item.id}.mp4"
+                write_video(video, frames)
+                decoded = read_frames(video)  # scored as the official tools read it
+                score = score_item(decoded, item.record, item.task, puzzle=puzzle,
+                                   solution=solution_image(item))
+                atomic_save_image(decoded[-1], frames_dir / item.task / f"{item.id}.png")
+                results.append({"task": item.task, "column": score["column"], "pass": score["pass"],
+                                "last_frame_pass": score.get("last_frame_pass")})
         results = gather_object(results)
         rows = per_task_rows(step, results)
-        rate = sum(r["passed"] for r in rows) / sum(r["items"] for r in rows)
-        improved = self.best_rate is None or rate > self.best_rate
+        task_rows = [r for r in rows if r["task"]]
+        scored = sum(r["items"] for r in task_rows)
+        rate = sum(r["passed"] for r in task_rows) / scored if scored else None
+        board = column_scores(results)
+        improved = rate is not None and (self.best_rate is None or rate > self.best_rate)
         lora_state = current_lora() if improved else None
         if self.accelerator.is_main_process:
             write_rows(self.output_dir, read_rows(self.output_dir) + rows)
-            self.accelerator.log({"val/pass_rate": rate, **{f"val/pass_rate/{r['task']}": r["pass_rate"] for r in rows}},
-                                 step=step)
+            scalars = {f"val/pass_rate/{r['task']}": r["pass_rate"] for r in task_rows}
+            scalars.update({f"val/column/{r['column']}": r["pass_rate"] for r in rows if not r["task"]})
+            if rate is not None:
+                scalars["val/pass_rate"] = rate
+            if board["average"] is not None:
+                scalars["val/average"] = board["average"]
+            self.accelerator.log(scalars, step=step)
             if improved:  # best.json first: restore_history relies on that order
                 atomic_write(self.output_dir / BEST_JSON,
                              json.dumps({"step": step, "pass_rate": rate, "lora": BEST_LORA}, indent=1))
@@ -252,8 +284,11 @@ class TaskValidator:
             write_training_report(self.output_dir)
         if improved:
             self.best_rate = rate
-        tasks = ", ".join(f"{r['task']} {r['passed']}/{r['items']}" for r in rows)
-        self.accelerator.print(f"validation at step {step}: pass rate {rate:.1%} ({tasks})"
+        tasks = ", ".join(f"{r['task']} {r['passed']}/{r['items']}" for r in task_rows)
+        columns = ", ".join(f"{r['column']} {r['pass_rate']:.1%}" for r in rows if not r["task"])
+        average = "" if board["average"] is None else f"; leaderboard Average {board['average']:.1%} ({columns})"
+        self.accelerator.print(f"validation at step {step}: pass rate "
+                               f"{'(nothing scored)' if rate is None else f'{rate:.1%}'} ({tasks}){average}"
                                f"{'; new best' if improved else ''}", flush=True)
 
     @contextlib.contextmanager
