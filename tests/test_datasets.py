@@ -170,7 +170,8 @@ def test_prepare_csv_reads_both_layouts_and_prompt_key(roots, tmp_path, capsys):
 
 
 def test_parallel_eval_selects_by_plain_task_names_in_layout_b(roots, tmp_path):
-    """--tasks, --ids_file (task/id) and --candidates_dir <dir>/<task>/<id>.png use the task folder's name."""
+    """--tasks, --ids_file (task/id) and --candidates_dir <dir>/<task>/<id>.png use the task folder's name (a PNG gets
+    the last-frame verdict; Major Frame needs a video)."""
     items = read_puzzles(roots / "b", None)
     candidates = tmp_path / "cands"
     for item in items:
@@ -181,8 +182,8 @@ def test_parallel_eval_selects_by_plain_task_names_in_layout_b(roots, tmp_path):
     assert parallel_eval(["--dataset_root", str(roots / "b"), "--candidates_dir", str(candidates), "--tasks",
                           "midpoint,circle_center", "--ids_file", str(ids), "--output_dir", str(tmp_path / "e")]) == 0
     results = [json.loads(line) for line in (tmp_path / "e/results.jsonl").read_text().splitlines()]
-    assert [(r["task"], r["id"], r["pass"]) for r in results] == [
-        (item.task, item.id, True) for item in items if item.task == "midpoint"]
+    assert [(r["task"], r["id"], r["pass"], r["last_frame_pass"]) for r in results] == [
+        (item.task, item.id, None, True) for item in items if item.task == "midpoint"]
     assert np.asarray(Image.open(tmp_path / "e" / results[0]["last_frame"])).shape == (H, W, 3)
 
 

@@ -123,3 +123,24 @@ def test_generation_decodes_untiled_unless_asked_for_tiles(tiny_model, puzzle, m
     tiled = generate(pipe, read_image(puzzle), MAZE_PROMPT, settings, tiled_decode=True)
     assert tiled_flags == [False, True]
     assert len(untiled) == len(tiled) == FRAMES and untiled[-1].size == tiled[-1].size == (W, H)
+
+
+def test_fp8_generation_fuses_the_lora_first_and_stays_close_to_full_precision(tiny_model, puzzle, lora_file, tmp_path,
+                                                                                capsys):
+    """--fp8: the LoRA is fused into the full-precision weights, then the block linears go to FP8 (wan_sft/fp8.py)."""
+    from wan_sft.fp8 import Fp8Linear
+
+    output = tmp_path / "fp8.mp4"
+    assert main(_argv(tiny_model, puzzle, output, "--lora_path", str(lora_file), "--fp8")) == 0
+    assert "fused" in capsys.readouterr().out
+    pipe, fused = load_generator(tiny_model, lora_file, "cpu", fp8=True)
+    assert fused > 0 and isinstance(pipe.dit.blocks[0].self_attn.q, Fp8Linear)
+    settings = GenerationSettings(FRAMES, H, W, 2)
+    approximate = np.stack([np.asarray(f, dtype=np.float64) for f in generate(pipe, read_image(puzzle), MAZE_PROMPT,
+                                                                               settings)])
+    exact_pipe, _ = load_generator(tiny_model, lora_file, "cpu")
+    exact = np.stack([np.asarray(f, dtype=np.float64) for f in generate(exact_pipe, read_image(puzzle), MAZE_PROMPT,
+                                                                        settings)])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "fp8_last.png")), approximate[-1].astype(np.uint8))
+    mse = np.mean((approximate - exact) ** 2)
+    assert mse > 0 and 10 * np.log10(255.0**2 / mse) > 25  # FP8 is approximate (differs) but close
