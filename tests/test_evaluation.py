@@ -279,9 +279,11 @@ def columns_dataset(tmp_path_factory):
     from wan_sft.video import write_video
 
     root, candidates = tmp_path_factory.mktemp("columns"), tmp_path_factory.mktemp("column_candidates")
-    for record in generate_midpoint_task(root, 2, width=W, height=H, num_frames=17, fps=8):
+    for record in generate_midpoint_task(root, 2, width=W, height=H, num_frames=17, fps=8,
+                                          layout="vlmpuzzle"):
         (candidates / "midpoint").mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / "midpoint" / record["solution_video_path"], candidates / "midpoint" / f"{record['id']}.mp4")
+        shutil.copy(root / "midpoint" / "solutions" / f"{record['id']}_solution.mp4",
+                    candidates / "midpoint" / f"{record['id']}.mp4")
     blocks = np.zeros((64, 64, 3), dtype=np.uint8)
     blocks[:32, :32], blocks[:32, 32:], blocks[32:, :32], blocks[32:, 32:] = (200, 40, 40), (40, 200, 40), \
         (40, 40, 200), (230, 230, 230)
