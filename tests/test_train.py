@@ -164,6 +164,65 @@ def test_resume_with_other_settings_is_refused(uninterrupted, demo_data, tmp_pat
     assert f"error: {out} holds a run with other settings" in result.stderr + result.stdout
 
 
+def test_other_lora_rank_into_the_same_folder_is_refused_before_anything_starts(uninterrupted, demo_data, tmp_path):
+    """Not "state failed to load, trying an older one", never a fresh run over the old one's exports; the launcher
+    says it before writing its config, loading a model or touching the latent cache."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    shutil.rmtree(out / "latent_cache")
+    before = {name: (out / name).read_bytes() for name in ("final.safetensors", "train_log.jsonl")}
+    result = run_script(train_command(demo_data, out, "--lora_rank", "8"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {out} holds a run with other settings (lora_rank 4 there, 8 now); "
+        f"use a new --output_dir or the same settings")
+    assert "Traceback" not in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "latent_cache").exists() and not (tmp_path / "accelerate_config.yaml").exists()
+    assert sorted(p.name for p in (out / "states").iterdir()) == ["step-00000010", "step-00000012"]
+
+
+def test_training_process_refuses_other_settings_before_loading_anything(uninterrupted, demo_data, tmp_path):
+    """train.py checks too (a state may appear after the launcher looked): same message, before the model loads."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    shutil.rmtree(out / "latent_cache")
+    argv = train_command(demo_data, out, "--lora_rank", "8")[2:]
+    argv = [a for i, a in enumerate(argv) if a not in ("--num_gpus", "--port") and argv[i - 1] not in ("--num_gpus", "--port")]
+    result = run_script([sys.executable, "-m", "wan_sft.train", *argv, "--expected_world_size", "1"], cwd=tmp_path,
+                        env={"PYTHONPATH": str(REPO)})  # one process without the launcher: world_size differs too
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out} holds a run with other settings (") and "lora_rank 4 there, 8 now" in last
+    assert last.endswith("); use a new --output_dir or the same settings")
+    assert not (out / "latent_cache").exists()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the process group", "SIGTERM to the launcher", "SIGINT to the launcher"])
+def test_a_signal_to_a_one_process_run_saves_and_exits_128_plus_signal(demo_data, tmp_path, how):
+    sig = signal.SIGTERM if "SIGTERM" in how else signal.SIGINT
+    out = tmp_path / "out"
+    command = train_command(demo_data, out, "--num_gpus", "1", "--num_epochs", "100", "--save_steps", "5")
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "states" / "step-00000005" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.02)
+    (os.killpg if "group" in how else os.kill)(process.pid, sig)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig, output[-3000:]
+    stopped_at = max(r["step"] for r in losses(out))
+    assert output.count(f"stopped by signal after step {stopped_at}; state saved in {out / 'states'}; "
+                        f"rerun the same command to resume") == 1
+    assert (out / "states" / f"step-{stopped_at:08d}" / "COMPLETE").exists()
+    assert stopped_at < 800 and "Traceback" not in output and "CalledProcessError" not in output
+
+
 def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
     from wan_sft.train import _truncate_log
 

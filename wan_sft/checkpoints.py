@@ -12,6 +12,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import InputError
 from .fsutil import atomic_write
 
 MARKER = "COMPLETE"
@@ -24,6 +25,30 @@ class Progress:
     epoch: int = 0  # epoch in progress
     step_in_epoch: int = 0  # steps of that epoch done; the next sample is the one after
     run_fingerprint: str = ""  # settings a resume must share (dataset, world size, ...)
+
+
+def run_fingerprint(args, world_size: int, num_samples: int) -> str:
+    """Settings a resumed run must share with the run that saved the state (train.py and the launchers)."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
+    return json.dumps(keys, sort_keys=True)
+
+
+def check_same_settings(output_dir: str | Path, fingerprint: str) -> None:
+    """Refuse when the newest complete state was saved with other settings: a new run into an old folder must not
+    load it, skip it as corrupt, or overwrite that run's exports."""
+    for state in complete_states(output_dir)[:1]:
+        _check_state(state, fingerprint)
+
+
+def _check_state(state: Path, fingerprint: str) -> None:
+    saved = read_progress(state).run_fingerprint
+    if saved != fingerprint:
+        before, now = json.loads(saved or "{}"), json.loads(fingerprint)
+        changed = "; ".join(f"{key} {before.get(key)} there, {now.get(key)} now"
+                            for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key))
+        raise InputError(f"{Path(state).parent.parent} holds a run with other settings ({changed}); "
+                         f"use a new --output_dir or the same settings")
 
 
 def states_dir(output_dir: str | Path) -> Path:
@@ -84,12 +109,14 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     return final
 
 
-def resume(accelerator, output_dir: str | Path, **load_kwargs) -> Progress | None:
-    """Load the newest complete state that loads; None when there is none."""
+def resume(accelerator, output_dir: str | Path, fingerprint: str, **load_kwargs) -> Progress | None:
+    """Load the newest complete state that loads; None when there is none. A state of a run with other settings
+    is refused (InputError), never skipped."""
     if accelerator.is_main_process:
         for stale in states_dir(output_dir).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     for state in complete_states(output_dir):
+        _check_state(state, fingerprint)
         try:
             accelerator.load_state(str(state), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - a state that fails to load is skipped like a partial one

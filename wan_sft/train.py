@@ -90,13 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_fingerprint(args, world_size: int, num_samples: int) -> str:
-    """Settings a resumed run must share with the run that saved the state."""
-    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
-    return json.dumps(keys, sort_keys=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_launcher()
@@ -114,6 +107,11 @@ def main(argv=None) -> int:
 
     # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
     samples = read_training_csv(args.dataset)
+    fingerprint = checkpoints.run_fingerprint(args, world, len(samples))
+    try:  # before anything loads (the launcher checked too; this catches a state saved since)
+        checkpoints.check_same_settings(output_dir, fingerprint)
+    except config.InputError as error:
+        raise SystemExit(f"error: {error}") from None
     dataset = ClipDataset(samples, args.num_frames, args.height, args.width)
     steps_per_epoch = math.ceil(len(samples) / world)
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
@@ -163,11 +161,11 @@ def main(argv=None) -> int:
         accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
 
     # Resume from the newest complete state, if any.
-    fingerprint = run_fingerprint(args, world, len(samples))
-    progress = checkpoints.resume(accelerator, output_dir, **load_kwargs) or checkpoints.Progress(run_fingerprint=fingerprint)
-    if progress.run_fingerprint != fingerprint:
-        raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
-                         f"use a new --output_dir or the same settings")
+    try:
+        progress = checkpoints.resume(accelerator, output_dir, fingerprint, **load_kwargs)
+    except config.InputError as error:
+        raise SystemExit(f"error: {error}") from None
+    progress = progress or checkpoints.Progress(run_fingerprint=fingerprint)
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
