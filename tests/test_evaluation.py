@@ -224,3 +224,38 @@ def test_worker_killed_midway_is_reported(dataset, tiny_model, tmp_path):
         assert process.returncode == 1 and "puzzles unfinished" in err and "died (exit code -9)" in err
         summary = json.loads((output_dir / "summary.json").read_text())
         assert len(summary["unfinished"]) == 6 - finished
+
+
+def test_a_changed_lora_behind_the_same_path_is_refused_or_redone(dataset, tiny_model, tmp_path):
+    """Finished items belong to the LoRA's content, not its path: more training into the same file is refused
+    (naming what changed) unless --redo, which generates every item again."""
+    import torch
+
+    from wan_sft.lora import add_lora, export_lora, lora_state_dict
+    from wan_sft.model_files import load_pipeline
+
+    dit = load_pipeline(tiny_model, "cpu", torch.float32, with_text_encoder=False, with_vae=False).dit
+    add_lora(dit, 2)
+    lora = tmp_path / "final.safetensors"
+    export_lora(lora_state_dict(dit), lora)
+    output_dir = tmp_path / "eval"
+    command = _command(dataset, tiny_model, output_dir, "--lora_path", str(lora), "--tasks", "midpoint",
+                       "--limit", "1", "--num_inference_steps", "1", workers=1)
+    assert _run(command).returncode == 0
+    first = _item_jsons(output_dir)
+    assert len(first) == 1
+
+    state = lora_state_dict(dit)
+    export_lora({k: v + 0.01 for k, v in state.items()}, lora)  # "trained further", same path
+    result = _run(command)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {output_dir} holds a run with other settings (lora_sha256 differ); use a new "
+                             f"--output_dir or the same settings (or --redo to do every item again)\n")
+    assert _item_jsons(output_dir) == first  # nothing touched
+
+    result = _run(command + ["--redo"])
+    assert result.returncode == 0, result.stderr
+    assert "--redo: 1 finished items" in result.stdout and "0 already finished" in result.stdout
+    redone = _item_jsons(output_dir)
+    assert redone.keys() == first.keys() and all(redone[k] != first[k] for k in first)
+    assert _run(command).returncode == 0  # the folder now belongs to the new LoRA

@@ -451,7 +451,7 @@ def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
     print(f"report: {write_report(output_dir)}", flush=True)
 
 
-def check_settings(output_dir: Path, settings: dict) -> None:
+def check_settings(output_dir: Path, settings: dict, redo_hint: str = "") -> None:
     """A folder holds one run's settings; resuming (or merging) with others would mix incomparable results."""
     path = output_dir / SETTINGS_FILE
     if path.is_file():
@@ -459,7 +459,26 @@ def check_settings(output_dir: Path, settings: dict) -> None:
         if saved != settings:
             changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
             raise InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)} differ); "
-                             f"use a new --output_dir or the same settings")
+                             f"use a new --output_dir or the same settings{redo_hint}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content identity of a LoRA: the same path after more training is another LoRA."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def forget_finished_items(output_dir: Path) -> int:
+    """--redo: remove every item's completion marker (its JSON), so every item is generated again."""
+    results = read_item_results(output_dir)
+    for result in results:
+        item_path(output_dir, result["task"], result["id"], "result").unlink()
+    return len(results)
 
 
 # ---------------------------------------------------------------- the command line
@@ -486,6 +505,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="do not torch.compile the DiT blocks on GPU (compiling costs ~1 min per worker once)")
     parser.add_argument("--num_shards", type=int, default=1, help="split the items across this many nodes")
     parser.add_argument("--shard_index", type=int, default=0, help="which split this node runs (0-based)")
+    parser.add_argument("--redo", action="store_true",
+                        help="generate every item again, also finished ones (e.g. the LoRA file changed)")
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
@@ -501,7 +522,8 @@ def run_settings(args) -> dict:
     if args.candidates_dir:
         return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve())}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
-            "num_frames": args.num_frames, "height": args.height, "width": args.width,
+            "lora_sha256": file_sha256(args.lora_path) if args.lora_path else None,
+            "model_base_path": str(Path(args.model_base_path).resolve()), "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
             "negative_prompt": args.negative_prompt, "fps": args.fps}
 
@@ -529,7 +551,11 @@ def evaluate(argv) -> int:
         check_generation_args(args)
         specs = worker_specs(args.gpus, args.workers)
     settings = run_settings(args)
-    check_settings(output_dir, settings)
+    if args.redo:
+        print(f"--redo: {forget_finished_items(output_dir)} finished items in {output_dir} will be done again",
+              flush=True)
+    else:
+        check_settings(output_dir, settings, " (or --redo to do every item again)")
 
     atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
     todo = [item for item in items if not is_finished(output_dir, item)]
