@@ -143,6 +143,31 @@ def test_sbatch_script(tmp_path, monkeypatch, cpu):
     assert "#SBATCH --signal" not in no_signal and "#SBATCH --requeue" in no_signal
 
 
+@pytest.mark.parametrize("srun_exit, requeued, code", [(124, True, 0), (1, False, 1)])
+def test_batch_script_requeues_a_job_whose_rank_hung(tmp_path, monkeypatch, srun_exit, requeued, code):
+    """train.py's step watchdog exits 124 (WATCHDOG_EXIT): the job requeues and resumes; other failures do not."""
+    from wan_sft.watchdog import WATCHDOG_EXIT
+
+    assert WATCHDOG_EXIT == 124
+    monkeypatch.chdir(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {srun_exit}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.log\n'
+                                      f'[ "$1" = show ] && echo node1\nexit 0\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    body = slurm.batch_body(parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "1", "--cpu"]))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
+    result = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stdout + result.stderr
+    calls = (tmp_path / "scontrol.log").read_text().splitlines()
+    assert ("requeue 77" in calls) == requeued
+    if requeued:
+        assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job 77" in result.stdout
+
+
 def test_launch_command_per_node(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     gpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "15", "--gpus_per_node", "8"])
@@ -153,21 +178,22 @@ def test_launch_command_per_node(tmp_path, monkeypatch):
         assert (flag("--main_process_ip"), flag("--main_process_port")) == ("gpu01", "23456")
         assert flag("--deepspeed_multinode_launcher") == "standard" and flag("--expected_world_size") == "120"
         assert command[command.index("-m", 3) + 1] == "wan_sft.train"
-        assert "SIGUSR1" in env["PET_SIGNALS_TO_HANDLE"] and "ACCELERATE_USE_CPU" not in env
+        assert env == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}  # signals: forwarded by launch.run_accelerate
     cpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "2", "--cpu"])
     command, env = slurm.launch_command(cpu, 1, 2, "node1", 20001)
     assert "--deepspeed_multinode_launcher" not in command and env["ACCELERATE_USE_CPU"] == "true"
     assert command[command.index("--num_processes") + 1] == "2"
 
 
-def test_in_task_execs_accelerate_with_its_own_node_rank(tmp_path, monkeypatch, demo):
+def test_in_task_runs_accelerate_with_its_own_node_rank(tmp_path, monkeypatch, demo):
     import signal
 
     monkeypatch.chdir(tmp_path)
     previous = signal.getsignal(signal.SIGUSR1)
     monkeypatch.setattr(signal, "signal", lambda *a: previous)  # keep pytest's own handlers
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # in_task sets the training's environment in its own
     calls = []
-    monkeypatch.setattr(os, "execvpe", lambda file, argv, env: calls.append((argv, env)))
+    monkeypatch.setattr(slurm.launch, "run_accelerate", lambda argv: calls.append((argv, dict(os.environ))) or 0)
     for node in ("0", "1"):
         monkeypatch.setenv("SLURM_JOB_ID", "20007")
         monkeypatch.setenv("SLURM_NODEID", node)

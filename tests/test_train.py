@@ -223,6 +223,41 @@ def test_a_signal_to_a_one_process_run_saves_and_exits_128_plus_signal(demo_data
     assert stopped_at < 800 and "Traceback" not in output and "CalledProcessError" not in output
 
 
+def test_a_hung_rank_ends_the_run_naming_the_step_and_a_rerun_resumes_bitwise(uninterrupted, demo_data, tmp_path):
+    """SIGSTOP one of 2 ranks: the other's step watchdog prints the stuck step and its stacks and exits; the torch
+    agent then kills the stopped rank; the launcher ends with the watchdog's code."""
+    import re
+
+    from wan_sft.watchdog import WATCHDOG_EXIT
+
+    out = tmp_path / "out"
+    command = train_command(demo_data, out, "--collective_timeout", "20")
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "states" / "step-00000002" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.02)
+    ranks = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(ranks) == 2
+    os.kill(int(ranks[1]), signal.SIGSTOP)
+    stopped = time.time()
+    output, _ = process.communicate(timeout=180)
+    assert time.time() - stopped < 90  # 20 s watchdog + the agent's 30 s grace before it SIGKILLs the stopped rank
+    assert process.returncode == WATCHDOG_EXIT, output[-3000:]
+    found = re.findall(r"error: rank (\d): no training step finished for 20 s; stuck in step (\d+) \(a hung rank, "
+                       r"collective or device\)\. Stacks of this process follow; rerun the same command to resume "
+                       r"from the newest complete state in (\S+)\n", output)
+    assert len(found) == 1 and found[0][2] == str(out / "states"), output[-3000:]
+    assert int(found[0][1]) > 2 and "(most recent call first)" in output and "in main" in output  # the stacks
+    command[command.index("--port") + 1] = free_port()
+    rerun = run_script(command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from step" in rerun.stdout
+    assert curve(out) == curve(uninterrupted[0] / "out")
+    assert_same_lora(out / "final.safetensors", uninterrupted[0] / "out" / "final.safetensors")
+
+
 def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
     from wan_sft.train import _truncate_log
 

@@ -52,6 +52,8 @@ def add_training_args(parser) -> None:
                         help="DiT blocks to run with activation checkpointing (default: as few as fit in 60 GiB; all on CPU)")
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
+    parser.add_argument("--collective_timeout", type=int, default=600,
+                        help="seconds a collective may wait, and a step may take, before a hung rank ends the run")
     parser.add_argument("--val_dataset_root", default=None,
                         help="VLMPuzzle dataset root: generate + score held-out puzzles during training (default: off)")
     parser.add_argument("--val_every", type=int, default=None, help="validate every N steps (default: --save_steps)")
@@ -64,7 +66,7 @@ def add_training_args(parser) -> None:
 
 def check_training_numbers(args) -> None:
     check_video_shape(args.num_frames, args.height, args.width)
-    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states"):
+    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states", "collective_timeout"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} {getattr(args, name)} is invalid: it must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:

@@ -25,6 +25,7 @@ from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
 from .validation import TaskValidator
+from .watchdog import COLLECTIVE_GRACE, StepWatchdog
 
 
 class FlowMatchLoss(torch.nn.Module):
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))])
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE))])
     if accelerator.num_processes != args.expected_world_size:
         raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
                          f"{args.expected_world_size}; the accelerate launch is misconfigured")
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
+    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, checkpoints.states_dir(output_dir))
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
 
     def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
@@ -229,10 +231,13 @@ def main(argv=None) -> int:
             if end_of_epoch:
                 save_lora(f"epoch-{progress.epoch - 1}")
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
-                validator.run(progress.global_step, current_lora)
+                with watchdog.paused():
+                    validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
                 checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
+            watchdog.step_finished(progress.global_step)
             if stopping:
+                watchdog.stop()
                 bar.close()
                 accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
                                   f"{checkpoints.states_dir(output_dir)}; rerun the same command to resume")
@@ -241,6 +246,7 @@ def main(argv=None) -> int:
             if progress.global_step >= total_steps:
                 break
 
+    watchdog.stop()
     bar.close()
     save_lora("final")
     if accelerator.is_main_process:
