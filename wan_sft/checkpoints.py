@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import InputError
-from .fsutil import atomic_write
+from .fsutil import WriteFailed, atomic_write, write_failed
 
 MARKER = "COMPLETE"
 PROGRESS = "progress.json"
@@ -95,14 +95,23 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), **save_kwargs)
+    try:
+        accelerator.save_state(str(tmp), **save_kwargs)
+    except Exception as error:  # a full disk, typically: no partial state is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(tmp, error) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
-        manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
-        tmp.rename(final)
-        atomic_write(final / MARKER, json.dumps(manifest, indent=1))
+        try:
+            atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
+            manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
+            tmp.rename(final)
+            atomic_write(final / MARKER, json.dumps(manifest, indent=1))
+        except WriteFailed:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+            raise
         for old in complete_states(output_dir)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

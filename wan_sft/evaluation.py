@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .config import InputError
-from .fsutil import atomic_save_image, atomic_write
+from .fsutil import WriteFailed, atomic_save_image, atomic_write, write_failed
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
 from .scoring import is_maze_task, overlay_image, score_item
@@ -208,7 +208,11 @@ def generate_item(pipe, item: EvalItem, job: GenerationJob, worker: str) -> dict
     start = time.perf_counter()
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
     seconds = time.perf_counter() - start
-    write_video(item_path(output_dir, item.task, item.id, "video"), frames, fps=job.fps)
+    video = item_path(output_dir, item.task, item.id, "video")
+    try:
+        write_video(video, frames, fps=job.fps)
+    except OSError as error:
+        raise write_failed(video, error) from error
     return score_and_record(item, frames[-1], output_dir, True, seconds, worker)
 
 
@@ -278,6 +282,8 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
     while (item := conn.recv()) is not None:
         try:
             conn.send(("done", item.key, generate_item(pipe, item, job, spec.name)))
+        except WriteFailed as error:  # a full disk: every further item would fail too
+            conn.send(("write_failed", item.key, str(error)))
         except Exception as error:  # noqa: BLE001 - one bad item must not stop the others
             conn.send(("failed", item.key, _describe(error)))
 
@@ -348,6 +354,8 @@ def run_workers(items: list[EvalItem], specs: list[WorkerSpec], job: GenerationJ
                             continue
                         elif kind == "done":
                             on_result(payload)
+                        elif kind == "write_failed":
+                            raise WriteFailed(payload)  # the finally below stops the workers
                         else:
                             problems[key] = f"{name}: {payload}"
                             log(f"{name}: {key} failed: {payload}")
@@ -575,17 +583,17 @@ def evaluate(argv) -> int:
         bar.set_postfix_str(f"pass {passed}/{bar.n} ({100 * passed / bar.n:.0f}%)")
 
     start = time.time()
-    if args.candidates_dir:
-        for item in todo:
-            on_result(rescore_item(item, candidates_dir, output_dir))
-        problems = {}
-    elif todo:
-        job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),
-                            compile_blocks=not args.no_compile)
-        problems = run_workers(todo, specs, job, on_result, log=bar.write)
-    else:
-        problems = {}
-    bar.close()
+    with bar:  # closed (its line ended) also when a full disk stops the run
+        if args.candidates_dir:
+            for item in todo:
+                on_result(rescore_item(item, candidates_dir, output_dir))
+            problems = {}
+        elif todo:
+            job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps,
+                                str(output_dir), compile_blocks=not args.no_compile)
+            problems = run_workers(todo, specs, job, on_result, log=bar.write)
+        else:
+            problems = {}
     wall = time.time() - start
     finished_now = sum(1 for item in todo if is_finished(output_dir, item))
     results = read_item_results(output_dir, items)
@@ -663,3 +671,7 @@ def main(argv=None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WriteFailed as error:  # the item's partial files are removed; finished items are complete
+        print(f"error: {error}. Finished items are kept: free space and rerun the same command to do the rest",
+              file=sys.stderr)
+        return 1

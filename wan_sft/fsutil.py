@@ -15,6 +15,21 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+class WriteFailed(Exception):
+    """A file could not be written (a full disk, typically): the message names it and the free space there."""
+
+
+def write_failed(path: str | os.PathLike, error: BaseException) -> WriteFailed:
+    import shutil
+
+    where = Path(path).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    reason = getattr(error, "strerror", None) or str(error)
+    return WriteFailed(f"could not write {path}: {reason}; {free / 2**20:.1f} MiB free on that filesystem")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,9 +41,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; a plain open() would honour the umask
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, error) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line (a log); a line cut by a full disk or a kill is dropped by its reader."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as error:
+        raise write_failed(path, error) from error
 
 
 def atomic_save_image(image, path: str | os.PathLike) -> None:

@@ -20,7 +20,7 @@ import torch
 from . import cache, checkpoints, config
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
-from .fsutil import atomic_write
+from .fsutil import WriteFailed, append_line, atomic_write
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
@@ -217,8 +217,7 @@ def main(argv=None) -> int:
                               step_seconds=time.perf_counter() - started)
                 if torch.cuda.is_available():
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_line(log_path, json.dumps(record))
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
                 bar.update(1)
@@ -340,4 +339,13 @@ class _StopFlag:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except WriteFailed as error:  # this rank's partial files are removed; every earlier output is complete
+        from tqdm import tqdm
+
+        for bar in list(tqdm._instances):  # end the progress bar's line
+            bar.close()
+        print(f"error: {error}. Earlier exports and the newest complete state are intact: free space and rerun "
+              f"the same command to resume", file=sys.stderr, flush=True)
+        sys.exit(1)
