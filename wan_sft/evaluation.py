@@ -159,6 +159,11 @@ def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
     """kind: 'video', 'frame', 'input', 'overlay' or 'result'."""
     suffix = {"video": ".mp4", "frame": ".png", "input": "_input.png", "overlay": "_overlay.png",
               "result": ".json"}[kind]
+    relative = os.path.normpath(os.path.join(task, f"{item_id}{suffix}"))  # from data.json: must not climb out
+    if os.path.isabs(relative) or relative.split(os.sep)[0] == ".." or Path(item_id).name != item_id \
+            or item_id in ("", ".", ".."):
+        raise InputError(f"puzzle {task}/{item_id}: its files would be written outside {output_dir}; a task and id "
+                         f"must be plain names below it (fix the dataset's data.json)")
     return output_dir / task / f"{item_id}{suffix}"
 
 
