@@ -271,7 +271,8 @@ def test_an_item_path_never_leaves_the_output_dir(tmp_path, task, item_id):
         item_path(tmp_path / "out", task, item_id, "result")
     assert str(error.value) == (f"puzzle {task}/{item_id}: its files would be written outside {tmp_path / 'out'}; "
                                 f"a task and id must be plain names below it (fix the dataset's data.json)")
-    assert item_path(tmp_path / "out", "group/maze_square", "x.y", "frame") == tmp_path / "out/group/maze_square/x.y.png"
+    inside = item_path(tmp_path / "out", "group/maze_square", "x.y", "frame")
+    assert inside == tmp_path / "out/group/maze_square/x.y.png"
 
 
 def test_a_climbing_id_in_data_json_is_refused_at_reading_time(dataset, tmp_path, capsys):

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -418,6 +419,37 @@ def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(c
     print(f"direct sbatch job {job} killed after step {failed_at}, job {again} resumed: "
           f"{time.monotonic() - started:.0f}s")
     assert "resuming from step" in (out / f"slurm-{again}.out").read_text()
+    assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
+    assert lora_files(out) == single_node_reference
+
+
+def test_cluster_hung_rank_ends_the_job_which_requeues_and_resumes(cluster, tmp_path, demo, single_node_reference):
+    """A training process stopped (SIGSTOP) on node 2: node 1's step watchdog ends the job within about a minute,
+    naming the step; the batch script requeues it; the requeued job resumes and ends with the same LoRA."""
+    out = tmp_path / "out_hung"
+    env = clean_env(MODEL_BASE_PATH=str(demo["model"]))
+    result = multi(["--cpu", "--dataset", str(demo["csv"]), "--num_nodes", "2", "--gpus_per_node", "1",
+                    "--output_dir", str(out), *TRAIN_FLAGS, "--collective_timeout", "20", "--sbatch_args",
+                    "--time 15"], tmp_path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = re.search(r"submitted job (\d+)", result.stdout).group(1)
+    log_path = out / "train_log.jsonl"
+    wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2, 300, "step 2")
+    victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_for(lambda: job_field(job, "JobState") == "PENDING" and job_field(job, "Restarts") == "1", 180,
+             f"job {job} to be requeued")
+    assert time.monotonic() - stopped < 90
+    log = (out / f"slurm-{job}.out").read_text()
+    assert re.search(r"error: rank 0: no training step finished for 20 s; stuck in step \d+", log), log[-5000:]
+    assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job" in log
+    time.sleep(2.5)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
+    state = wait_job_done(job, 420)
+    log = (out / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED", log[-5000:]
+    assert "resuming from step" in log
     assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
     assert lora_files(out) == single_node_reference
 

@@ -192,7 +192,8 @@ def test_training_process_refuses_other_settings_before_loading_anything(uninter
     shutil.copytree(uninterrupted[0] / "out", out)
     shutil.rmtree(out / "latent_cache")
     argv = train_command(demo_data, out, "--lora_rank", "8")[2:]
-    argv = [a for i, a in enumerate(argv) if a not in ("--num_gpus", "--port") and argv[i - 1] not in ("--num_gpus", "--port")]
+    launcher_only = ("--num_gpus", "--port")
+    argv = [a for i, a in enumerate(argv) if a not in launcher_only and argv[i - 1] not in launcher_only]
     result = run_script([sys.executable, "-m", "wan_sft.train", *argv, "--expected_world_size", "1"], cwd=tmp_path,
                         env={"PYTHONPATH": str(REPO)})  # one process without the launcher: world_size differs too
     assert result.returncode == 1

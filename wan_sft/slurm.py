@@ -147,7 +147,8 @@ if [ "$rc" -eq 0 ]; then
   exit 0
 fi
 if [ "$stop_signal" = USR1 ] || [ "$rc" -eq {WATCHDOG_EXIT} ]; then
-  if [ "$rc" -eq {WATCHDOG_EXIT} ]; then why="a rank hung (step watchdog, see its message above)"; else why="training stopped before the time limit"; fi
+  why="training stopped before the time limit"
+  if [ "$rc" -eq {WATCHDOG_EXIT} ]; then why="a rank hung (step watchdog, see its message above)"; fi
   say "$why (srun exit $rc); requeueing job $SLURM_JOB_ID: the rerun resumes from the newest state in "{states}
   if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
   say "error: scontrol requeue failed: submit the same command again to resume" >&2

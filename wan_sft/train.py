@@ -97,8 +97,9 @@ def main(argv=None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    collective_timeout = timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE)  # after the step watchdog's
     accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE))])
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=collective_timeout)])
     if accelerator.num_processes != args.expected_world_size:
         raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
                          f"{args.expected_world_size}; the accelerate launch is misconfigured")
@@ -109,10 +110,7 @@ def main(argv=None) -> int:
     # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
     samples = read_training_csv(args.dataset)
     fingerprint = checkpoints.run_fingerprint(args, world, len(samples))
-    try:  # before anything loads (the launcher checked too; this catches a state saved since)
-        checkpoints.check_same_settings(output_dir, fingerprint)
-    except config.InputError as error:
-        raise SystemExit(f"error: {error}") from None
+    checkpoints.check_same_settings(output_dir, fingerprint)  # before anything loads (the launcher checked too)
     dataset = ClipDataset(samples, args.num_frames, args.height, args.width)
     steps_per_epoch = math.ceil(len(samples) / world)
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
@@ -162,11 +160,8 @@ def main(argv=None) -> int:
         accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
 
     # Resume from the newest complete state, if any.
-    try:
-        progress = checkpoints.resume(accelerator, output_dir, fingerprint, **load_kwargs)
-    except config.InputError as error:
-        raise SystemExit(f"error: {error}") from None
-    progress = progress or checkpoints.Progress(run_fingerprint=fingerprint)
+    progress = (checkpoints.resume(accelerator, output_dir, fingerprint, **load_kwargs)
+                or checkpoints.Progress(run_fingerprint=fingerprint))
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -341,6 +336,8 @@ class _StopFlag:
 if __name__ == "__main__":
     try:
         sys.exit(main())
+    except config.InputError as error:  # the output folder holds a run with other settings
+        sys.exit(f"error: {error}")
     except WriteFailed as error:  # this rank's partial files are removed; every earlier output is complete
         from tqdm import tqdm
 
