@@ -69,6 +69,10 @@ def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data
     config = (workdir / "accelerate_config.yaml").read_text()
     assert "num_processes: 2" in config and "distributed_type: MULTI_GPU" in config
     assert "training on CPU (2 processes)" in result.stdout
+    umask = os.umask(0o022)
+    os.umask(umask)  # the runs inherited this process's umask: every file has the mode a plain open() gives
+    assert {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()
+            and p.stat().st_mode & 0o777 != 0o666 & ~umask} == {}
 
 
 def test_exported_lora_fuses_into_the_pipeline(uninterrupted, demo_data):

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .config import InputError
-from .fsutil import WriteFailed, atomic_write, write_failed
+from .fsutil import WriteFailed, atomic_write, honour_umask, write_failed
 
 MARKER = "COMPLETE"
 PROGRESS = "progress.json"
@@ -104,7 +104,10 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     if accelerator.is_main_process:
         try:
             atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
-            manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+            for file in files:  # some of accelerate's files are created 0600
+                honour_umask(file)
+            manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in files}
             shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
             tmp.rename(final)
             atomic_write(final / MARKER, json.dumps(manifest, indent=1))

@@ -30,6 +30,11 @@ def write_failed(path: str | os.PathLike, error: BaseException) -> WriteFailed:
     return WriteFailed(f"could not write {path}: {reason}; {free / 2**20:.1f} MiB free on that filesystem")
 
 
+def honour_umask(path: str | os.PathLike) -> None:
+    """The mode a plain open() would give (teammates on a shared cluster can read the file)."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +44,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; a plain open() would honour the umask
+        honour_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
