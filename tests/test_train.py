@@ -279,6 +279,7 @@ def test_a_diverged_step_stops_training_before_anything_of_it_is_saved(demo_data
     output = result.stderr + result.stdout
     assert output.count("error: training diverged at step 1 (the LoRA weights' norm is inf/NaN)") == 1  # rank 0 says it
     assert "Rerun with a lower --learning_rate" in output
+    assert result.returncode == 1 and "Traceback" not in output  # the launcher adds no traceback of its own
     assert not (out / "train_log.jsonl").exists()  # the diverged step is not logged either
     assert not list(out.glob("step-*.safetensors")) and not list(out.glob("states/step-*"))
 

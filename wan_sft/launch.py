@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while validating: training had not started (later ones are forwarded)
+        print("stopped by signal before training started; nothing to save", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
