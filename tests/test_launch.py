@@ -73,3 +73,19 @@ def test_missing_model_base_path_is_explained(tmp_path, good_args):
     result = launch(tmp_path, *args, env={"MODEL_BASE_PATH": ""})
     assert result.returncode == 2
     assert "error: MODEL_BASE_PATH is not set: export MODEL_BASE_PATH=/path/to/Wan2.2-TI2V-5B" in result.stderr
+
+
+def test_ctrl_c_while_validating_ends_with_one_line(tmp_path):
+    """Before training starts there is nothing to save: one line, exit 130, no traceback, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys; from wan_sft import launch; "
+            "launch.validate = lambda *a: os.kill(os.getpid(), signal.SIGINT); "
+            "sys.exit(launch.main(['single', '--dataset', 'd.csv', '--model_base_path', 'm']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 130
+    assert result.stderr == "stopped by signal before training started; nothing to save\n"
+    assert list(tmp_path.iterdir()) == []
