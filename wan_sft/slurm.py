@@ -8,8 +8,8 @@ One command, three roles, picked from the environment:
 * inside the allocation, as the batch shell (`sbatch train_multi_node.sh ...` directly, or under salloc): validate,
   write the config, then become the same batch script body (exec bash) that a submission would have run.
 * `--in_task` (started by the batch script through `srun`, once per node): read SLURM_NODEID / SLURM_NNODES /
-  SLURM_JOB_ID of this task and exec `accelerate launch --machine_rank $SLURM_NODEID ...` (torchrun agent on the
-  node, which starts the node's training processes).
+  SLURM_JOB_ID of this task and run `accelerate launch --machine_rank $SLURM_NODEID ...` in-process
+  (launch.run_accelerate: torch's agent on the node starts the node's training processes).
 
 Stopping and requeueing (see batch_script): the job is submitted with `--requeue --signal=B:USR1@<pre_timeout>`.
 Slurm sends SIGUSR1 to the batch shell <pre_timeout> s before the time limit; its trap ignores repeats, sends
@@ -130,7 +130,7 @@ on_signal() {{  # $1: USR1 = Slurm's pre-timeout signal (--signal=B:USR1@N); TER
   trap '' TERM USR1  # Slurm may deliver a signal twice: handle the first one only
   stop_signal=$1
   say "batch shell got SIG$1: every rank finishes its step, saves a complete state and exits"
-  # srun forwards SIGUSR1 to the launcher on every node; the torchrun agent forwards it to its training processes
+  # srun forwards SIGUSR1 to the launcher on every node, which forwards it to its training processes
   if [ -n "$srun_pid" ]; then kill -USR1 "$srun_pid" 2>/dev/null; fi
 }}
 trap 'on_signal USR1' USR1
