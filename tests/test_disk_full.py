@@ -100,3 +100,22 @@ def test_training_on_a_full_disk_stops_with_one_line_and_resumes(demo_data, tmp_
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "resuming from step " in rerun.stdout
         assert [r["step"] for r in losses(out)] == list(range(1, 9))
+
+
+def test_generating_eval_worker_on_a_full_disk_stops_the_run_with_one_line(tiny_model, tmp_path):
+    from wan_sft.puzzles import generate_midpoint_task
+
+    dataset = tmp_path / "dataset"
+    generate_midpoint_task(dataset, 2, width=96, height=160, num_frames=9, fps=8)
+    with small_filesystem(tmp_path / "small", "8k") as small:  # 2 pages: run_settings.json, then full
+        out = small / "eval"
+        result = run_script([sys.executable, "parallel_eval.py", "--dataset_root", str(dataset), "--model_base_path",
+                             str(tiny_model), "--output_dir", str(out), "--num_frames", "9", "--height", "160",
+                             "--width", "96", "--num_inference_steps", "1", "--workers", "1"], cwd=REPO,
+                            env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: could not write {out}/midpoint/\S+\.mp4: .+; 0\.0 MiB free on that filesystem\. "
+                            r"Finished items are kept: free space and rerun the same command to do the rest", last), last
+        assert "Traceback" not in result.stderr and not partial_files(out)
+        assert not list(out.glob("midpoint/*"))
