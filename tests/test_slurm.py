@@ -354,7 +354,7 @@ def test_cluster_two_node_job_equals_single_node_run(cluster, tmp_path, demo, si
     started = time.monotonic()
     job, out = submit_job(tmp_path, demo, "out_multi")
     state = wait_job_done(job, 420)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-5000:]
     print(f"2-node job {job}: {time.monotonic() - started:.0f}s from submit to COMPLETED")
     assert "node 0/2 (node1)" in log and "node 1/2 (node2)" in log  # one launcher on each node, ranks from SLURM_NODEID
@@ -377,7 +377,7 @@ def test_cluster_pre_timeout_signal_requeues_and_resumes(cluster, tmp_path, demo
     time.sleep(2.5)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
     state = wait_job_done(job, 420)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-5000:]
     print(f"interrupted job {job} (stopped after step {stopped_at}): {time.monotonic() - started:.0f}s to COMPLETED")
     assert 2 <= stopped_at < TOTAL_STEPS, "the signal must have stopped the run part-way"
@@ -408,17 +408,18 @@ def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(c
     os.kill(victim, 9)
     killed = time.monotonic()
     state = wait_job_done(job, 120)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "FAILED", log[-5000:]
     assert time.monotonic() - killed < 60  # not the 10 min distributed timeout
     assert "error: training failed (srun exit" in log and "a training process or node died" in log
     failed_at = logged_steps(out)[-1]
     assert failed_at < TOTAL_STEPS
     again, resubmitted = submit_job(tmp_path, demo, "out_direct")
-    assert wait_job_done(again, 420) == "COMPLETED", (out / f"slurm-{again}.out").read_text()[-5000:]
+    again_log = out / f"slurm-{again}.out"
+    assert wait_job_done(again, 420) == "COMPLETED", again_log.read_text(errors="replace")[-5000:]
     print(f"direct sbatch job {job} killed after step {failed_at}, job {again} resumed: "
           f"{time.monotonic() - started:.0f}s")
-    assert "resuming from step" in (out / f"slurm-{again}.out").read_text()
+    assert "resuming from step" in again_log.read_text(errors="replace")
     assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
     assert lora_files(out) == single_node_reference
 
@@ -441,13 +442,13 @@ def test_cluster_hung_rank_ends_the_job_which_requeues_and_resumes(cluster, tmp_
     wait_for(lambda: job_field(job, "JobState") == "PENDING" and job_field(job, "Restarts") == "1", 180,
              f"job {job} to be requeued")
     assert time.monotonic() - stopped < 90
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert re.search(r"error: rank 0: no training step finished for 20 s; stuck in step \d+", log), log[-5000:]
     assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job" in log
     time.sleep(2.5)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
     state = wait_job_done(job, 420)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-5000:]
     assert "resuming from step" in log
     assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))

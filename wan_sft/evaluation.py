@@ -536,7 +536,8 @@ def run_settings(args) -> dict:
         return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve())}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
             "lora_sha256": file_sha256(args.lora_path) if args.lora_path else None,
-            "model_base_path": str(Path(args.model_base_path).resolve()), "num_frames": args.num_frames, "height": args.height, "width": args.width,
+            "model_base_path": str(Path(args.model_base_path).resolve()),
+            "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
             "negative_prompt": args.negative_prompt, "fps": args.fps}
 

@@ -23,7 +23,7 @@ COLLECTIVE_GRACE = 60
 class StepWatchdog:
     def __init__(self, timeout: float, rank: int, last_step: int, states: str):
         self.timeout, self.rank, self.states = timeout, rank, states
-        self.last_step, self.last_time, self.paused_since = last_step, time.monotonic(), None
+        self.last_step, self.last_time, self.watching = last_step, time.monotonic(), True
         self._arm_backstop()
         threading.Thread(target=self._watch, name="step-watchdog", daemon=True).start()
 
@@ -34,16 +34,15 @@ class StepWatchdog:
     @contextlib.contextmanager
     def paused(self):
         """Around work that is not a step (validation generates videos; its collectives time out on their own)."""
-        self.paused_since = time.monotonic()
-        faulthandler.cancel_dump_traceback_later()
+        self.stop()
         try:
             yield
         finally:
-            self.paused_since = None
+            self.watching = True
             self.step_finished(self.last_step)
 
     def stop(self) -> None:
-        self.paused_since = time.monotonic()
+        self.watching = False
         faulthandler.cancel_dump_traceback_later()
 
     def _arm_backstop(self) -> None:
@@ -54,7 +53,7 @@ class StepWatchdog:
     def _watch(self) -> None:
         while True:
             time.sleep(min(5.0, self.timeout / 10))
-            if self.paused_since is None and time.monotonic() - self.last_time > self.timeout:
+            if self.watching and time.monotonic() - self.last_time > self.timeout:
                 print(f"error: rank {self.rank}: no training step finished for {self.timeout:g} s; stuck in step "
                       f"{self.last_step + 1} (a hung rank, collective or device). Stacks of this process follow; "
                       f"rerun the same command to resume from the newest complete state in {self.states}",
