@@ -372,3 +372,83 @@ def test_missing_solution_image_is_named(columns_dataset, tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: color_grid/bad: solution image {copy}/color_grid/solutions/"
                                        f"bad_solution.png not found; the best_frame rule compares the generated "
                                        f"frames with it\n")
+
+
+def test_a_changed_lora_behind_the_same_path_is_refused_or_redone(dataset, tiny_model, tmp_path):
+    """Finished items belong to the LoRA's content, not its path: more training into the same file is refused
+    (naming what changed) unless --redo, which generates every item again."""
+    import torch
+
+    from wan_sft.lora import add_lora, export_lora, lora_state_dict
+    from wan_sft.model_files import load_pipeline
+
+    dit = load_pipeline(tiny_model, "cpu", torch.float32, with_text_encoder=False, with_vae=False).dit
+    add_lora(dit, 2)
+    lora = tmp_path / "final.safetensors"
+    export_lora(lora_state_dict(dit), lora)
+    output_dir = tmp_path / "eval"
+    command = _command(dataset, tiny_model, output_dir, "--lora_path", str(lora), "--tasks", "midpoint",
+                       "--limit", "1", "--num_inference_steps", "1", workers=1)
+    assert _run(command).returncode == 0
+    first = _item_jsons(output_dir)
+    assert len(first) == 1
+
+    state = lora_state_dict(dit)
+    export_lora({k: v + 0.01 for k, v in state.items()}, lora)  # "trained further", same path
+    result = _run(command)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: {output_dir} holds a run with other settings (lora_sha256 differ); use a new "
+                             f"--output_dir or the same settings (or --redo to do every item again)\n")
+    assert _item_jsons(output_dir) == first  # nothing touched
+
+    result = _run(command + ["--redo"])
+    assert result.returncode == 0, result.stderr
+    assert "--redo: 1 finished items" in result.stdout and "0 already finished" in result.stdout
+    redone = _item_jsons(output_dir)
+    assert redone.keys() == first.keys() and all(redone[k] != first[k] for k in first)
+    assert _run(command).returncode == 0  # the folder now belongs to the new LoRA
+
+
+@pytest.mark.parametrize("task, item_id", [("maze_square", "../../x"), ("..", "x"), ("maze_square", "a/../../x"),
+                                           ("../maze_square", "x"), ("maze_square", "..")])
+def test_an_item_path_never_leaves_the_output_dir(tmp_path, task, item_id):
+    from wan_sft.config import InputError
+    from wan_sft.evaluation import item_path
+
+    with pytest.raises(InputError) as error:
+        item_path(tmp_path / "out", task, item_id, "result")
+    assert str(error.value) == (f"puzzle {task}/{item_id}: its files would be written outside {tmp_path / 'out'}; "
+                                f"a task and id must be plain names below it (fix the dataset's data.json)")
+    inside = item_path(tmp_path / "out", "group/maze_square", "x.y", "frame")
+    assert inside == tmp_path / "out/group/maze_square/x.y.png"
+
+
+def test_a_climbing_id_in_data_json_is_refused_at_reading_time(dataset, tmp_path, capsys):
+    hostile = tmp_path / "hostile"
+    shutil.copytree(dataset / "midpoint", hostile / "midpoint")
+    records = json.loads((hostile / "midpoint/data.json").read_text())
+    records[0]["id"] = "../../x"
+    (hostile / "midpoint/data.json").write_text(json.dumps(records))
+    assert main(["--dataset_root", str(hostile), "--candidates_dir", str(tmp_path), "--output_dir",
+                 str(tmp_path / "eval")]) == 2
+    assert "needs an 'id' usable as a file name (got '../../x')" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists() and not list(tmp_path.parent.glob("x*"))
+
+
+def test_a_symlinked_candidate_outside_the_candidates_dir_is_only_read(dataset, tmp_path):
+    candidates = _candidates(dataset, tmp_path / "cands", "solution_image_path")
+    outside = tmp_path / "elsewhere.png"
+    first = sorted((candidates / "maze_square").glob("*.png"))[0]
+    shutil.move(first, outside)
+    first.symlink_to(outside)
+    before = (outside.read_bytes(), outside.stat().st_mtime_ns)
+    output_dir = tmp_path / "eval"
+    output_dir.mkdir()
+    (output_dir / "maze_square").mkdir()
+    trap = output_dir / "maze_square" / first.name  # a link planted where the output goes: replaced, not followed
+    trap.symlink_to(outside)
+    assert main(["--dataset_root", str(dataset), "--candidates_dir", str(candidates),
+                 "--output_dir", str(output_dir)]) == 0
+    assert (outside.read_bytes(), outside.stat().st_mtime_ns) == before
+    assert not trap.is_symlink() and trap.read_bytes() != b""
+    assert all(r["pass"] for r in _results(output_dir))

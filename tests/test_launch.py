@@ -45,6 +45,7 @@ def with_flag(args, flag, value):
     ("--width", "100", "error: --width 100 is invalid: it must be a multiple of 32 (e.g. 96 or 128)"),
     ("--num_frames", "13", "has 9 frames, fewer than --num_frames 13"),
     ("--lora_rank", "0", "error: --lora_rank 0 is invalid: it must be at least 1"),
+    ("--collective_timeout", "0", "error: --collective_timeout 0 is invalid: it must be at least 1"),
     ("--lora_checkpoint", "/nonexistent/lora.safetensors", "error: /nonexistent/lora.safetensors: LoRA file not found"),
     ("--model_base_path", "/nonexistent", "error: MODEL_BASE_PATH /nonexistent is not a directory"),
     ("--dataset", "/nonexistent.csv", "/nonexistent.csv"),
@@ -72,3 +73,19 @@ def test_missing_model_base_path_is_explained(tmp_path, good_args):
     result = launch(tmp_path, *args, env={"MODEL_BASE_PATH": ""})
     assert result.returncode == 2
     assert "error: MODEL_BASE_PATH is not set: export MODEL_BASE_PATH=/path/to/Wan2.2-TI2V-5B" in result.stderr
+
+
+def test_ctrl_c_while_validating_ends_with_one_line(tmp_path):
+    """Before training starts there is nothing to save: one line, exit 130, no traceback, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys; from wan_sft import launch; "
+            "launch.validate = lambda *a: os.kill(os.getpid(), signal.SIGINT); "
+            "sys.exit(launch.main(['single', '--dataset', 'd.csv', '--model_base_path', 'm']))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 130
+    assert result.stderr == "stopped by signal before training started; nothing to save\n"
+    assert list(tmp_path.iterdir()) == []

@@ -292,3 +292,45 @@ def test_training_report_with_validation_and_best(tmp_path, page):
 def test_moving_average():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([2.0], 5) == [2.0]
+
+
+HOSTILE = '"><script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+def _not_run(page, problems) -> None:
+    assert page.evaluate("window.pwned") is None
+    assert problems.all() == [] and not [u for u in problems.requested_urls if u.endswith("/x")]
+    assert page.locator("body script").count() <= 1  # the page's own filter script only
+
+
+def test_hostile_ids_and_prompts_are_shown_as_text_in_the_eval_report(tmp_path, page):
+    """data.json comes from elsewhere: ids, tasks and prompts with markup, quotes and newlines are text."""
+    run = tmp_path / "run"
+    record = _record("maze_square", "ok_id", False, "not_connected", run, tmp_path / "puzzles")
+    prompt = f"line one\nline two {HOSTILE} 'single' \"double\""
+    record.update(id=f"id{HOSTILE}", prompt=prompt, failure_reason=f"reason{HOSTILE}")
+    (run / "results.jsonl").write_text(json.dumps(record) + "\n")
+    (run / "summary.json").write_text(json.dumps({"settings": {"lora": f"/ckpt/{HOSTILE}"},
+                                                  "unfinished": {f"maze_square/{HOSTILE}": f"why {HOSTILE}"}}))
+    problems = _open(page, write_report(run).as_uri())
+    _not_run(page, problems)
+    card = page.locator(".card")
+    assert card.locator(".item-id").text_content() == f"id{HOSTILE}"
+    assert card.locator(".reason").text_content() == f"reason{HOSTILE}"
+    card.locator("details summary").click()
+    assert prompt.replace("\n", "\\n").replace('"', '\\"') in card.locator("details pre").inner_text()  # JSON text
+    assert f"/ckpt/{HOSTILE}" in page.inner_text("body") and f"why {HOSTILE}" in page.inner_text("body")
+
+
+def test_hostile_task_names_and_lora_are_shown_as_text_in_the_training_report(tmp_path, page):
+    _write_train_log(tmp_path, 4)
+    task = f"maze{HOSTILE}"
+    (tmp_path / "validation.csv").write_text(
+        "step,task,items,passed,pass_rate\n" + "".join(f'{s},"{task.replace(chr(34), 2 * chr(34))}",4,1,0.25\n'
+                                                        for s in (2, 4)))
+    (tmp_path / "best.json").write_text(json.dumps({"step": 2, "pass_rate": 0.25, "lora": f"x{HOSTILE}"}))
+    problems = _open(page, write_training_report(tmp_path).as_uri())
+    _not_run(page, problems)
+    assert page.locator("#validation th").nth(1).text_content() == task
+    assert page.locator("#validation-chart text.legend").text_content() == task
+    assert page.locator("#best code").text_content() == f"x{HOSTILE}"

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -143,6 +144,31 @@ def test_sbatch_script(tmp_path, monkeypatch, cpu):
     assert "#SBATCH --signal" not in no_signal and "#SBATCH --requeue" in no_signal
 
 
+@pytest.mark.parametrize("srun_exit, requeued, code", [(124, True, 0), (1, False, 1)])
+def test_batch_script_requeues_a_job_whose_rank_hung(tmp_path, monkeypatch, srun_exit, requeued, code):
+    """train.py's step watchdog exits 124 (WATCHDOG_EXIT): the job requeues and resumes; other failures do not."""
+    from wan_sft.watchdog import WATCHDOG_EXIT
+
+    assert WATCHDOG_EXIT == 124
+    monkeypatch.chdir(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {srun_exit}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.log\n'
+                                      f'[ "$1" = show ] && echo node1\nexit 0\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    body = slurm.batch_body(parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "1", "--cpu"]))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
+    result = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stdout + result.stderr
+    calls = (tmp_path / "scontrol.log").read_text().splitlines()
+    assert ("requeue 77" in calls) == requeued
+    if requeued:
+        assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job 77" in result.stdout
+
+
 def test_launch_command_per_node(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     gpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "15", "--gpus_per_node", "8"])
@@ -153,21 +179,22 @@ def test_launch_command_per_node(tmp_path, monkeypatch):
         assert (flag("--main_process_ip"), flag("--main_process_port")) == ("gpu01", "23456")
         assert flag("--deepspeed_multinode_launcher") == "standard" and flag("--expected_world_size") == "120"
         assert command[command.index("-m", 3) + 1] == "wan_sft.train"
-        assert "SIGUSR1" in env["PET_SIGNALS_TO_HANDLE"] and "ACCELERATE_USE_CPU" not in env
+        assert env == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}  # signals: forwarded by launch.run_accelerate
     cpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "2", "--cpu"])
     command, env = slurm.launch_command(cpu, 1, 2, "node1", 20001)
     assert "--deepspeed_multinode_launcher" not in command and env["ACCELERATE_USE_CPU"] == "true"
     assert command[command.index("--num_processes") + 1] == "2"
 
 
-def test_in_task_execs_accelerate_with_its_own_node_rank(tmp_path, monkeypatch, demo):
+def test_in_task_runs_accelerate_with_its_own_node_rank(tmp_path, monkeypatch, demo):
     import signal
 
     monkeypatch.chdir(tmp_path)
     previous = signal.getsignal(signal.SIGUSR1)
     monkeypatch.setattr(signal, "signal", lambda *a: previous)  # keep pytest's own handlers
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # in_task sets the training's environment in its own
     calls = []
-    monkeypatch.setattr(os, "execvpe", lambda file, argv, env: calls.append((argv, env)))
+    monkeypatch.setattr(slurm.launch, "run_accelerate", lambda argv: calls.append((argv, dict(os.environ))) or 0)
     for node in ("0", "1"):
         monkeypatch.setenv("SLURM_JOB_ID", "20007")
         monkeypatch.setenv("SLURM_NODEID", node)
@@ -327,7 +354,7 @@ def test_cluster_two_node_job_equals_single_node_run(cluster, tmp_path, demo, si
     started = time.monotonic()
     job, out = submit_job(tmp_path, demo, "out_multi")
     state = wait_job_done(job, 420)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-5000:]
     print(f"2-node job {job}: {time.monotonic() - started:.0f}s from submit to COMPLETED")
     assert "node 0/2 (node1)" in log and "node 1/2 (node2)" in log  # one launcher on each node, ranks from SLURM_NODEID
@@ -350,7 +377,7 @@ def test_cluster_pre_timeout_signal_requeues_and_resumes(cluster, tmp_path, demo
     time.sleep(2.5)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
     state = wait_job_done(job, 420)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-5000:]
     print(f"interrupted job {job} (stopped after step {stopped_at}): {time.monotonic() - started:.0f}s to COMPLETED")
     assert 2 <= stopped_at < TOTAL_STEPS, "the signal must have stopped the run part-way"
@@ -381,17 +408,49 @@ def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(c
     os.kill(victim, 9)
     killed = time.monotonic()
     state = wait_job_done(job, 120)
-    log = (out / f"slurm-{job}.out").read_text()
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "FAILED", log[-5000:]
     assert time.monotonic() - killed < 60  # not the 10 min distributed timeout
     assert "error: training failed (srun exit" in log and "a training process or node died" in log
     failed_at = logged_steps(out)[-1]
     assert failed_at < TOTAL_STEPS
     again, resubmitted = submit_job(tmp_path, demo, "out_direct")
-    assert wait_job_done(again, 420) == "COMPLETED", (out / f"slurm-{again}.out").read_text()[-5000:]
+    again_log = out / f"slurm-{again}.out"
+    assert wait_job_done(again, 420) == "COMPLETED", again_log.read_text(errors="replace")[-5000:]
     print(f"direct sbatch job {job} killed after step {failed_at}, job {again} resumed: "
           f"{time.monotonic() - started:.0f}s")
-    assert "resuming from step" in (out / f"slurm-{again}.out").read_text()
+    assert "resuming from step" in again_log.read_text(errors="replace")
+    assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
+    assert lora_files(out) == single_node_reference
+
+
+def test_cluster_hung_rank_ends_the_job_which_requeues_and_resumes(cluster, tmp_path, demo, single_node_reference):
+    """A training process stopped (SIGSTOP) on node 2: node 1's step watchdog ends the job within about a minute,
+    naming the step; the batch script requeues it; the requeued job resumes and ends with the same LoRA."""
+    out = tmp_path / "out_hung"
+    env = clean_env(MODEL_BASE_PATH=str(demo["model"]))
+    result = multi(["--cpu", "--dataset", str(demo["csv"]), "--num_nodes", "2", "--gpus_per_node", "1",
+                    "--output_dir", str(out), *TRAIN_FLAGS, "--collective_timeout", "20", "--sbatch_args",
+                    "--time 15"], tmp_path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = re.search(r"submitted job (\d+)", result.stdout).group(1)
+    log_path = out / "train_log.jsonl"
+    wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2, 300, "step 2")
+    victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    wait_for(lambda: job_field(job, "JobState") == "PENDING" and job_field(job, "Restarts") == "1", 180,
+             f"job {job} to be requeued")
+    assert time.monotonic() - stopped < 90
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
+    assert re.search(r"error: rank 0: no training step finished for 20 s; stuck in step \d+", log), log[-5000:]
+    assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job" in log
+    time.sleep(2.5)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True, timeout=30)
+    state = wait_job_done(job, 420)
+    log = (out / f"slurm-{job}.out").read_text(errors="replace")
+    assert state == "COMPLETED", log[-5000:]
+    assert "resuming from step" in log
     assert logged_steps(out) == list(range(1, TOTAL_STEPS + 1))
     assert lora_files(out) == single_node_reference
 

@@ -69,6 +69,10 @@ def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data
     config = (workdir / "accelerate_config.yaml").read_text()
     assert "num_processes: 2" in config and "distributed_type: MULTI_GPU" in config
     assert "training on CPU (2 processes)" in result.stdout
+    umask = os.umask(0o022)
+    os.umask(umask)  # the runs inherited this process's umask: every file has the mode a plain open() gives
+    assert {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()
+            and p.stat().st_mode & 0o777 != 0o666 & ~umask} == {}
 
 
 def test_exported_lora_fuses_into_the_pipeline(uninterrupted, demo_data):
@@ -164,6 +168,101 @@ def test_resume_with_other_settings_is_refused(uninterrupted, demo_data, tmp_pat
     assert f"error: {out} holds a run with other settings" in result.stderr + result.stdout
 
 
+def test_other_lora_rank_into_the_same_folder_is_refused_before_anything_starts(uninterrupted, demo_data, tmp_path):
+    """Not "state failed to load, trying an older one", never a fresh run over the old one's exports; the launcher
+    says it before writing its config, loading a model or touching the latent cache."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    shutil.rmtree(out / "latent_cache")
+    before = {name: (out / name).read_bytes() for name in ("final.safetensors", "train_log.jsonl")}
+    result = run_script(train_command(demo_data, out, "--lora_rank", "8"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {out} holds a run with other settings (lora_rank 4 there, 8 now); "
+        f"use a new --output_dir or the same settings")
+    assert "Traceback" not in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "latent_cache").exists() and not (tmp_path / "accelerate_config.yaml").exists()
+    assert sorted(p.name for p in (out / "states").iterdir()) == ["step-00000010", "step-00000012"]
+
+
+def test_training_process_refuses_other_settings_before_loading_anything(uninterrupted, demo_data, tmp_path):
+    """train.py checks too (a state may appear after the launcher looked): same message, before the model loads."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(uninterrupted[0] / "out", out)
+    shutil.rmtree(out / "latent_cache")
+    argv = train_command(demo_data, out, "--lora_rank", "8")[2:]
+    launcher_only = ("--num_gpus", "--port")
+    argv = [a for i, a in enumerate(argv) if a not in launcher_only and argv[i - 1] not in launcher_only]
+    result = run_script([sys.executable, "-m", "wan_sft.train", *argv, "--expected_world_size", "1"], cwd=tmp_path,
+                        env={"PYTHONPATH": str(REPO)})  # one process without the launcher: world_size differs too
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out} holds a run with other settings (") and "lora_rank 4 there, 8 now" in last
+    assert last.endswith("); use a new --output_dir or the same settings")
+    assert not (out / "latent_cache").exists()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the process group", "SIGTERM to the launcher", "SIGINT to the launcher"])
+def test_a_signal_to_a_one_process_run_saves_and_exits_128_plus_signal(demo_data, tmp_path, how):
+    sig = signal.SIGTERM if "SIGTERM" in how else signal.SIGINT
+    out = tmp_path / "out"
+    command = train_command(demo_data, out, "--num_gpus", "1", "--num_epochs", "100", "--save_steps", "5")
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "states" / "step-00000005" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.02)
+    (os.killpg if "group" in how else os.kill)(process.pid, sig)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + sig, output[-3000:]
+    stopped_at = max(r["step"] for r in losses(out))
+    assert output.count(f"stopped by signal after step {stopped_at}; state saved in {out / 'states'}; "
+                        f"rerun the same command to resume") == 1
+    assert (out / "states" / f"step-{stopped_at:08d}" / "COMPLETE").exists()
+    assert stopped_at < 800 and "Traceback" not in output and "CalledProcessError" not in output
+
+
+def test_a_hung_rank_ends_the_run_naming_the_step_and_a_rerun_resumes_bitwise(uninterrupted, demo_data, tmp_path):
+    """SIGSTOP one of 2 ranks: the other's step watchdog prints the stuck step and its stacks and exits; the torch
+    agent then kills the stopped rank; the launcher ends with the watchdog's code."""
+    import re
+
+    from wan_sft.watchdog import WATCHDOG_EXIT
+
+    out = tmp_path / "out"
+    command = train_command(demo_data, out, "--collective_timeout", "20")
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "states" / "step-00000002" / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.02)
+    ranks = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    assert len(ranks) == 2
+    os.kill(int(ranks[1]), signal.SIGSTOP)
+    stopped = time.time()
+    output, _ = process.communicate(timeout=180)
+    assert time.time() - stopped < 90  # 20 s watchdog + the agent's 30 s grace before it SIGKILLs the stopped rank
+    assert process.returncode == WATCHDOG_EXIT, output[-3000:]
+    found = re.findall(r"error: rank (\d): no training step finished for 20 s; stuck in step (\d+) \(a hung rank, "
+                       r"collective or device\)\. Stacks of this process follow; rerun the same command to resume "
+                       r"from the newest complete state in (\S+)\n", output)
+    assert len(found) == 1 and found[0][2] == str(out / "states"), output[-3000:]
+    assert int(found[0][1]) > 2 and "(most recent call first)" in output and "in main" in output  # the stacks
+    command[command.index("--port") + 1] = free_port()
+    rerun = run_script(command, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from step" in rerun.stdout
+    assert curve(out) == curve(uninterrupted[0] / "out")
+    assert_same_lora(out / "final.safetensors", uninterrupted[0] / "out" / "final.safetensors")
+
+
 def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
     from wan_sft.train import _truncate_log
 
@@ -180,6 +279,7 @@ def test_a_diverged_step_stops_training_before_anything_of_it_is_saved(demo_data
     output = result.stderr + result.stdout
     assert output.count("error: training diverged at step 1 (the LoRA weights' norm is inf/NaN)") == 1  # rank 0 says it
     assert "Rerun with a lower --learning_rate" in output
+    assert result.returncode == 1 and "Traceback" not in output  # the launcher adds no traceback of its own
     assert not (out / "train_log.jsonl").exists()  # the diverged step is not logged either
     assert not list(out.glob("step-*.safetensors")) and not list(out.glob("states/step-*"))
 

@@ -12,7 +12,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .fsutil import atomic_write
+from .config import InputError
+from .fsutil import WriteFailed, atomic_write, honour_umask, write_failed
 
 MARKER = "COMPLETE"
 PROGRESS = "progress.json"
@@ -24,6 +25,31 @@ class Progress:
     epoch: int = 0  # epoch in progress
     step_in_epoch: int = 0  # steps of that epoch done; the next sample is the one after
     run_fingerprint: str = ""  # settings a resume must share (dataset, world size, ...)
+
+
+def run_fingerprint(args, world_size: int, num_samples: int) -> str:
+    """Settings a resumed run must share with the run that saved the state (train.py and the launchers)."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
+                fit=args.fit)
+    return json.dumps(keys, sort_keys=True)
+
+
+def check_same_settings(output_dir: str | Path, fingerprint: str) -> None:
+    """Refuse when the newest complete state was saved with other settings: a new run into an old folder must not
+    load it, skip it as corrupt, or overwrite that run's exports."""
+    for state in complete_states(output_dir)[:1]:
+        _check_state(state, fingerprint)
+
+
+def _check_state(state: Path, fingerprint: str) -> None:
+    saved = read_progress(state).run_fingerprint
+    if saved != fingerprint:
+        before, now = json.loads(saved or "{}"), json.loads(fingerprint)
+        changed = "; ".join(f"{key} {before.get(key)} there, {now.get(key)} now"
+                            for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key))
+        raise InputError(f"{Path(state).parent.parent} holds a run with other settings ({changed}); "
+                         f"use a new --output_dir or the same settings")
 
 
 def states_dir(output_dir: str | Path) -> Path:
@@ -70,26 +96,40 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), **save_kwargs)
+    try:
+        accelerator.save_state(str(tmp), **save_kwargs)
+    except Exception as error:  # a full disk, typically: no partial state is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(tmp, error) from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
-        manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
-        tmp.rename(final)
-        atomic_write(final / MARKER, json.dumps(manifest, indent=1))
+        try:
+            atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
+            files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+            for file in files:  # some of accelerate's files are created 0600
+                honour_umask(file)
+            manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in files}
+            shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
+            tmp.rename(final)
+            atomic_write(final / MARKER, json.dumps(manifest, indent=1))
+        except WriteFailed:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+            raise
         for old in complete_states(output_dir)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def resume(accelerator, output_dir: str | Path, **load_kwargs) -> Progress | None:
-    """Load the newest complete state that loads; None when there is none."""
+def resume(accelerator, output_dir: str | Path, fingerprint: str, **load_kwargs) -> Progress | None:
+    """Load the newest complete state that loads; None when there is none. A state of a run with other settings
+    is refused (InputError), never skipped."""
     if accelerator.is_main_process:
         for stale in states_dir(output_dir).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     for state in complete_states(output_dir):
+        _check_state(state, fingerprint)
         try:
             accelerator.load_state(str(state), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - a state that fails to load is skipped like a partial one

@@ -60,6 +60,8 @@ def add_training_args(parser) -> None:
                         help="APPROXIMATE, faster on Hopper GPUs: the frozen DiT block linears under the LoRA in FP8 "
                              "(forward and input gradients; e4m3, row-wise scales); the LoRA and AdamW stay fp32")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
+    parser.add_argument("--collective_timeout", type=int, default=600,
+                        help="seconds a collective may wait, and a step may take, before a hung rank ends the run")
     parser.add_argument("--val_dataset_root", default=None,
                         help="puzzle dataset root (either layout): generate + score held-out puzzles during training "
                              "(default: off)")
@@ -75,7 +77,7 @@ def add_training_args(parser) -> None:
 
 def check_training_numbers(args) -> None:
     check_video_shape(args.num_frames, args.height, args.width)
-    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states"):
+    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states", "collective_timeout"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} {getattr(args, name)} is invalid: it must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:

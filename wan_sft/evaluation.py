@@ -32,7 +32,7 @@ import torch
 
 from .config import InputError
 from .datasets import PuzzleItem, read_puzzles, require_prompts
-from .fsutil import atomic_save_image, atomic_write
+from .fsutil import WriteFailed, atomic_save_image, atomic_write, write_failed
 from .geometry import DEFAULT_FIT, fit_image
 from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
                         read_image, settings_from_args)
@@ -131,6 +131,11 @@ def item_path(output_dir: Path, task: str, item_id: str, kind: str) -> Path:
     """kind: 'video', 'frame', 'input', 'overlay' or 'result'."""
     suffix = {"video": ".mp4", "frame": ".png", "input": "_input.png", "overlay": "_overlay.png",
               "result": ".json"}[kind]
+    relative = os.path.normpath(os.path.join(task, f"{item_id}{suffix}"))  # from data.json: must not climb out
+    if os.path.isabs(relative) or relative.split(os.sep)[0] == ".." or Path(item_id).name != item_id \
+            or item_id in ("", ".", ".."):
+        raise InputError(f"puzzle {task}/{item_id}: its files would be written outside {output_dir}; a task and id "
+                         f"must be plain names below it (fix the dataset's data.json)")
     return output_dir / task / f"{item_id}{suffix}"
 
 
@@ -209,7 +214,10 @@ def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> di
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
     seconds = time.perf_counter() - start
     video = item_path(output_dir, item.task, item.id, "video")
-    write_video(video, frames, fps=job.fps)
+    try:
+        write_video(video, frames, fps=job.fps)
+    except OSError as error:
+        raise write_failed(video, error) from error
     return score_and_record(item, read_frames(video), output_dir, True, seconds, worker, job.scoring)
 
 
@@ -280,6 +288,8 @@ def worker_main(conn, spec: WorkerSpec, job: GenerationJob) -> None:
     while (item := conn.recv()) is not None:
         try:
             conn.send(("done", item.key, generate_item(pipe, item, job, spec.name)))
+        except WriteFailed as error:  # a full disk: every further item would fail too
+            conn.send(("write_failed", item.key, str(error)))
         except Exception as error:  # noqa: BLE001 - one bad item must not stop the others
             conn.send(("failed", item.key, _describe(error)))
 
@@ -350,6 +360,8 @@ def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: Generatio
                             continue
                         elif kind == "done":
                             on_result(payload)
+                        elif kind == "write_failed":
+                            raise WriteFailed(payload)  # the finally below stops the workers
                         else:
                             problems[key] = f"{name}: {payload}"
                             log(f"{name}: {key} failed: {payload}")
@@ -512,7 +524,7 @@ def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
     print(f"report: {write_report(output_dir)}", flush=True)
 
 
-def check_settings(output_dir: Path, settings: dict) -> None:
+def check_settings(output_dir: Path, settings: dict, redo_hint: str = "") -> None:
     """A folder holds one run's settings; resuming (or merging) with others would mix incomparable results."""
     path = output_dir / SETTINGS_FILE
     if path.is_file():
@@ -520,7 +532,26 @@ def check_settings(output_dir: Path, settings: dict) -> None:
         if saved != settings:
             changed = sorted(k for k in saved.keys() | settings.keys() if saved.get(k) != settings.get(k))
             raise InputError(f"{output_dir} holds a run with other settings ({', '.join(changed)} differ); "
-                             f"use a new --output_dir or the same settings")
+                             f"use a new --output_dir or the same settings{redo_hint}")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content identity of a LoRA: the same path after more training is another LoRA."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def forget_finished_items(output_dir: Path) -> int:
+    """--redo: remove every item's completion marker (its JSON), so every item is generated again."""
+    results = read_item_results(output_dir)
+    for result in results:
+        item_path(output_dir, result["task"], result["id"], "result").unlink()
+    return len(results)
 
 
 # ---------------------------------------------------------------- the command line
@@ -556,6 +587,8 @@ def parse_args(argv) -> argparse.Namespace:
                         help="do not torch.compile the DiT blocks on GPU (compiling costs ~1 min per worker once)")
     parser.add_argument("--num_shards", type=int, default=1, help="split the items across this many nodes")
     parser.add_argument("--shard_index", type=int, default=0, help="which split this node runs (0-based)")
+    parser.add_argument("--redo", action="store_true",
+                        help="generate every item again, also finished ones (e.g. the LoRA file changed)")
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
@@ -596,6 +629,8 @@ def run_settings(args) -> dict:
     if args.candidates_dir:
         return {"mode": "candidates", "candidates_dir": str(Path(args.candidates_dir).resolve()), **scoring}
     return {"mode": "generate", "lora": str(Path(args.lora_path).resolve()) if args.lora_path else None,
+            "lora_sha256": file_sha256(args.lora_path) if args.lora_path else None,
+            "model_base_path": str(Path(args.model_base_path).resolve()),
             "num_frames": args.num_frames, "height": args.height, "width": args.width,
             "num_inference_steps": args.num_inference_steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
             "negative_prompt": args.negative_prompt, "fps": args.fps, "prompt_key": args.prompt_key, **scoring,
@@ -630,7 +665,11 @@ def evaluate(argv) -> int:
         check_generation_args(args)
         specs = worker_specs(args.gpus, args.workers)
     settings = run_settings(args)
-    check_settings(output_dir, settings)
+    if args.redo:
+        print(f"--redo: {forget_finished_items(output_dir)} finished items in {output_dir} will be done again",
+              flush=True)
+    else:
+        check_settings(output_dir, settings, " (or --redo to do every item again)")
 
     atomic_write(output_dir / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False))
     todo = [item for item in items if not is_finished(output_dir, item)]
@@ -652,17 +691,18 @@ def evaluate(argv) -> int:
         bar.set_postfix_str(f"pass {passed}/{scored} scored" + (f" ({100 * passed / scored:.0f}%)" if scored else ""))
 
     start = time.time()
-    if args.candidates_dir:
-        for item in todo:
-            on_result(rescore_item(item, candidates_dir, output_dir, options))
-        problems = {}
-    elif todo:
-        job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps, str(output_dir),
-                            compile_blocks=not args.no_compile, scoring=options, fp8=args.fp8)
-        problems = run_workers(todo, specs, job, on_result, log=bar.write)
-    else:
-        problems = {}
-    bar.close()
+    with bar:  # closed (its line ended) also when a full disk stops the run
+        if args.candidates_dir:
+            for item in todo:
+                on_result(rescore_item(item, candidates_dir, output_dir, options))
+            problems = {}
+        elif todo:
+            job = GenerationJob(args.model_base_path, args.lora_path, settings_from_args(args), args.fps,
+                                str(output_dir), compile_blocks=not args.no_compile, scoring=options,
+                                fp8=args.fp8)
+            problems = run_workers(todo, specs, job, on_result, log=bar.write)
+        else:
+            problems = {}
     wall = time.time() - start
     finished_now = sum(1 for item in todo if is_finished(output_dir, item))
     results = read_item_results(output_dir, items)
@@ -742,3 +782,7 @@ def main(argv=None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WriteFailed as error:  # the item's partial files are removed; finished items are complete
+        print(f"error: {error}. Finished items are kept: free space and rerun the same command to do the rest",
+              file=sys.stderr)
+        return 1

@@ -6,6 +6,35 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable read; done once at import, before worker threads exist
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class WriteFailed(Exception):
+    """A file could not be written (a full disk, typically): the message names it and the free space there."""
+
+
+def write_failed(path: str | os.PathLike, error: BaseException) -> WriteFailed:
+    import shutil
+
+    where = Path(path).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    reason = getattr(error, "strerror", None) or str(error)
+    return WriteFailed(f"could not write {path}: {reason}; {free / 2**20:.1f} MiB free on that filesystem")
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """The mode a plain open() would give (teammates on a shared cluster can read the file)."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -15,10 +44,23 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        honour_umask(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, error) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line (a log); a line cut by a full disk or a kill is dropped by its reader."""
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as error:
+        raise write_failed(path, error) from error
 
 
 def atomic_save_image(image, path: str | os.PathLike) -> None:

@@ -65,8 +65,9 @@ def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
     return argv
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: argparse.Namespace, world_size: int) -> None:
     """Every check that needs no model: runs before anything is written, queued or loaded."""
+    from .checkpoints import check_same_settings, run_fingerprint
     from .data import validate_training_csv
     from .lora import read_lora_file
     from .model_files import locate_model_files
@@ -80,7 +81,9 @@ def validate(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a directory")
-    validate_training_csv(args.dataset, args.num_frames, args.height, args.width, fit=args.fit)
+    samples = validate_training_csv(args.dataset, args.num_frames, args.height, args.width,
+                                    fit=args.fit)
+    check_same_settings(output_dir, run_fingerprint(args, world_size, len(samples)))
     if args.val_dataset_root:
         from .validation import check_validation_split
 
@@ -107,19 +110,67 @@ def single_node(argv: list[str]) -> int:
         raise InputError(f"--num_gpus {args.num_gpus} is invalid: it must be at least 1")
     if gpus and num_processes > gpus:
         raise InputError(f"--num_gpus {num_processes} but only {gpus} GPUs are visible (CUDA_VISIBLE_DEVICES)")
-    validate(args)
+    validate(args, num_processes)
 
     yaml_path = write_accelerate_config(CONFIG_FILE, num_processes, use_gpu=gpus > 0)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(yaml_path),
                "--main_process_port", str(args.port), "-m", "wan_sft.train", *training_argv(args, num_processes)]
-    env = dict(os.environ)
     if not gpus:
-        env["ACCELERATE_USE_CPU"] = "true"
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     where = f"{num_processes} GPU{'s' if num_processes > 1 else ''}" if gpus else f"CPU ({num_processes} process{'es' if num_processes > 1 else ''})"
     print(f"training on {where}; config {yaml_path}; output {os.path.abspath(args.output_dir)}", flush=True)
     print("+ " + shlex.join(command), flush=True)
-    os.execvpe(command[0], command, env)
+    return run_accelerate(command[3:])
+
+
+def run_accelerate(accelerate_argv: list[str]) -> int:
+    """`accelerate launch ACCELERATE_ARGV` in this process, so the training processes are its children.
+
+    SIGINT, SIGTERM and SIGUSR1 reach every training process once, whoever got them (a terminal's Ctrl-C hits
+    the whole process group, `kill PID` or a job manager only this process): each finishes its step, saves a
+    state and exits 128+signal, and so does this process, with the training's exit code. A training process that
+    fails has said why: accelerate's CalledProcessError / torch's ChildFailedError traceback is not added.
+    """
+    import logging
+    import signal
+    import subprocess
+
+    import psutil
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    received = []
+
+    def forward(signum, frame):
+        if received:
+            return  # once: the training processes are already stopping
+        received.append(signum)
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # ranks exiting 128+S is no failure
+        children = psutil.Process().children()
+        if not children:  # training has not started: nothing to save
+            raise SystemExit(128 + signum)
+        for child in children:
+            try:
+                child.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, forward)
+    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"  # torch's agent leaves SIGINT/SIGTERM/SIGUSR1 to us
+    try:
+        launch_command(launch_command_parser().parse_args(accelerate_argv))
+    except subprocess.CalledProcessError as error:  # one CPU process (accelerate's simple launcher)
+        return _exit_code(error.returncode)
+    except ChildFailedError as error:  # torch's agent: the first process that failed is the root cause
+        return _exit_code(error.get_first_failure()[1].exitcode)
+    return 0
+
+
+def _exit_code(returncode: int) -> int:
+    """A process killed by signal S (returncode -S) ends us with 128+S, like a shell reports it."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def multi_node(argv: list[str]) -> int:
@@ -139,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while validating: training had not started (later ones are forwarded)
+        print("stopped by signal before training started; nothing to save", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

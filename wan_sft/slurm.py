@@ -8,15 +8,15 @@ One command, three roles, picked from the environment:
 * inside the allocation, as the batch shell (`sbatch train_multi_node.sh ...` directly, or under salloc): validate,
   write the config, then become the same batch script body (exec bash) that a submission would have run.
 * `--in_task` (started by the batch script through `srun`, once per node): read SLURM_NODEID / SLURM_NNODES /
-  SLURM_JOB_ID of this task and exec `accelerate launch --machine_rank $SLURM_NODEID ...` (torchrun agent on the
-  node, which starts the node's training processes).
+  SLURM_JOB_ID of this task and run `accelerate launch --machine_rank $SLURM_NODEID ...` in-process
+  (launch.run_accelerate: torch's agent on the node starts the node's training processes).
 
 Stopping and requeueing (see batch_script): the job is submitted with `--requeue --signal=B:USR1@<pre_timeout>`.
 Slurm sends SIGUSR1 to the batch shell <pre_timeout> s before the time limit; its trap ignores repeats, sends
-SIGUSR1 to srun, which forwards it to the launcher on every node; the torchrun agent handles SIGUSR1
-(PET_SIGNALS_TO_HANDLE) by forwarding it to its training processes and giving them PET_SHUTDOWN_TIMEOUT seconds.
-train.py finishes the current step, saves a complete state on all ranks and exits; the batch shell then runs
-`scontrol requeue $SLURM_JOB_ID`, and the rerun resumes from that state (train.py's auto-resume).
+SIGUSR1 to srun, which forwards it to the launcher on every node; the launcher (launch.run_accelerate) forwards it
+to its training processes. train.py finishes the current step, saves a complete state on all ranks and exits; the
+batch shell then runs `scontrol requeue $SLURM_JOB_ID`, and the rerun resumes from that state (train.py's
+auto-resume). A hung rank (train.py's step watchdog, exit WATCHDOG_EXIT) also requeues the job.
 """
 from __future__ import annotations
 
@@ -31,14 +31,13 @@ from pathlib import Path
 
 from . import config, launch
 from .config import InputError
+from .watchdog import WATCHDOG_EXIT
 
 DEFAULT_OUTPUT_DIR = "./output/wan_lora_multi"
 DEFAULT_PRE_TIMEOUT = 300
 DEFAULT_JOB_NAME = "wan_lora"
 SCRIPT_FILE = "multi_node.sbatch"
 HEAD_ENV = "WAN_SFT_HEAD_NODE"  # exported by the batch script, read by every srun task
-# The torchrun agent forwards these to its workers (default list + SIGUSR1, Slurm's pre-timeout signal).
-AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 EXAMPLE_JOB_ID = 123456  # what --dry_run pretends the job id is
 
 
@@ -131,7 +130,7 @@ on_signal() {{  # $1: USR1 = Slurm's pre-timeout signal (--signal=B:USR1@N); TER
   trap '' TERM USR1  # Slurm may deliver a signal twice: handle the first one only
   stop_signal=$1
   say "batch shell got SIG$1: every rank finishes its step, saves a complete state and exits"
-  # srun forwards SIGUSR1 to the launcher on every node; the torchrun agent forwards it to its training processes
+  # srun forwards SIGUSR1 to the launcher on every node, which forwards it to its training processes
   if [ -n "$srun_pid" ]; then kill -USR1 "$srun_pid" 2>/dev/null; fi
 }}
 trap 'on_signal USR1' USR1
@@ -147,8 +146,10 @@ if [ "$rc" -eq 0 ]; then
   say "training finished"
   exit 0
 fi
-if [ "$stop_signal" = USR1 ]; then
-  say "training stopped before the time limit (srun exit $rc); requeueing job $SLURM_JOB_ID: the rerun resumes from the newest state in "{states}
+if [ "$stop_signal" = USR1 ] || [ "$rc" -eq {WATCHDOG_EXIT} ]; then
+  why="training stopped before the time limit"
+  if [ "$rc" -eq {WATCHDOG_EXIT} ]; then why="a rank hung (step watchdog, see its message above)"; fi
+  say "$why (srun exit $rc); requeueing job $SLURM_JOB_ID: the rerun resumes from the newest state in "{states}
   if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
   say "error: scontrol requeue failed: submit the same command again to resume" >&2
   exit 1
@@ -189,9 +190,7 @@ def launch_command(args, node_rank: int, num_nodes: int, head: str, port: int) -
     if not args.cpu:
         command += ["--deepspeed_multinode_launcher", "standard"]
     command += ["-m", "wan_sft.train", *launch.training_argv(args, world)]
-    env = {"PET_SIGNALS_TO_HANDLE": AGENT_SIGNALS,
-           # how long the agent lets its workers finish a step and save after a signal before SIGKILL
-           "PET_SHUTDOWN_TIMEOUT": str(max(30, args.pre_timeout))}
+    env = {}
     if args.cpu:
         env["ACCELERATE_USE_CPU"] = "true"  # with MULTI_GPU in the config: real gloo CPU ranks (see launch.py)
     else:
@@ -251,7 +250,7 @@ def multi_node(argv: list[str]) -> int:
                              f"(sbatch --nodes={args.num_nodes} ... or drop --num_nodes)")
     check_multi_numbers(args)
     user_sbatch_args(args)
-    launch.validate(args)
+    launch.validate(args, num_processes(args))
     if args.dry_run:
         return dry_run(args)
     if in_allocation:
@@ -295,10 +294,10 @@ def run_batch_shell(args) -> int:
 
 
 def in_task(args) -> int:
-    """One per node, under srun: compute this node's rank and exec accelerate launch."""
+    """One per node, under srun: compute this node's rank and run accelerate launch (launch.run_accelerate)."""
     import signal
 
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the agent installs its handler (a no-op if it comes later)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until run_accelerate installs its handler
     where = node_env(os.environ)
     if args.num_nodes is not None and where["num_nodes"] != args.num_nodes:
         raise InputError(f"srun started {where['num_nodes']} node tasks but --num_nodes is {args.num_nodes}")
@@ -318,7 +317,8 @@ def in_task(args) -> int:
     print(f"node {where['node_rank']}/{where['num_nodes']} ({socket.gethostname()}): "
           f"{args.gpus_per_node} processes, head {head}:{port}", flush=True)
     print("+ " + shlex.join(command), flush=True)
-    os.execvpe(command[0], command, env)
+    os.environ.update(env)
+    return launch.run_accelerate(command[3:])
 
 
 def dry_run(args) -> int:

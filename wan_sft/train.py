@@ -20,12 +20,13 @@ import torch
 from . import cache, checkpoints, config
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
-from .fsutil import atomic_write
+from .fsutil import WriteFailed, append_line, atomic_write
 from .fp8 import convert_block_linears
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
 from .validation import TaskValidator
+from .watchdog import COLLECTIVE_GRACE, StepWatchdog
 
 
 class FlowMatchLoss(torch.nn.Module):
@@ -91,22 +92,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_fingerprint(args, world_size: int, num_samples: int) -> str:
-    """Settings a resumed run must share with the run that saved the state."""
-    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank,
-                seed=args.seed, fit=args.fit)
-    return json.dumps(keys, sort_keys=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_launcher()
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    collective_timeout = timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE)  # after the step watchdog's
     accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))])
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=collective_timeout)])
     if accelerator.num_processes != args.expected_world_size:
         raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
                          f"{args.expected_world_size}; the accelerate launch is misconfigured")
@@ -116,6 +110,8 @@ def main(argv=None) -> int:
 
     # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
     samples = read_training_csv(args.dataset)
+    fingerprint = checkpoints.run_fingerprint(args, world, len(samples))
+    checkpoints.check_same_settings(output_dir, fingerprint)  # before anything loads (the launcher checked too)
     dataset = ClipDataset(samples, args.num_frames, args.height, args.width, args.fit)
     steps_per_epoch = math.ceil(len(samples) / world)
     total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
@@ -168,11 +164,8 @@ def main(argv=None) -> int:
         accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
 
     # Resume from the newest complete state, if any.
-    fingerprint = run_fingerprint(args, world, len(samples))
-    progress = checkpoints.resume(accelerator, output_dir, **load_kwargs) or checkpoints.Progress(run_fingerprint=fingerprint)
-    if progress.run_fingerprint != fingerprint:
-        raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
-                         f"use a new --output_dir or the same settings")
+    progress = (checkpoints.resume(accelerator, output_dir, fingerprint, **load_kwargs)
+                or checkpoints.Progress(run_fingerprint=fingerprint))
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +179,7 @@ def main(argv=None) -> int:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
+    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, checkpoints.states_dir(output_dir))
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
 
     def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
@@ -222,8 +216,7 @@ def main(argv=None) -> int:
                               step_seconds=time.perf_counter() - started)
                 if torch.cuda.is_available():
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_line(log_path, json.dumps(record))
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
                 bar.update(1)
@@ -236,10 +229,13 @@ def main(argv=None) -> int:
             if end_of_epoch:
                 save_lora(f"epoch-{progress.epoch - 1}")
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
-                validator.run(progress.global_step, current_lora)
+                with watchdog.paused():
+                    validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
                 checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
+            watchdog.step_finished(progress.global_step)
             if stopping:
+                watchdog.stop()
                 bar.close()
                 accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
                                   f"{checkpoints.states_dir(output_dir)}; rerun the same command to resume")
@@ -248,6 +244,7 @@ def main(argv=None) -> int:
             if progress.global_step >= total_steps:
                 break
 
+    watchdog.stop()
     bar.close()
     save_lora("final")
     if accelerator.is_main_process:
@@ -341,4 +338,15 @@ class _StopFlag:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except config.InputError as error:  # the output folder holds a run with other settings
+        sys.exit(f"error: {error}")
+    except WriteFailed as error:  # this rank's partial files are removed; every earlier output is complete
+        from tqdm import tqdm
+
+        for bar in list(tqdm._instances):  # end the progress bar's line
+            bar.close()
+        print(f"error: {error}. Earlier exports and the newest complete state are intact: free space and rerun "
+              f"the same command to resume", file=sys.stderr, flush=True)
+        sys.exit(1)
