@@ -22,8 +22,9 @@ PROGRESS = "progress.json"
 class Progress:
     global_step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress
-    step_in_epoch: int = 0  # steps of that epoch done; the next sample is the one after
-    run_fingerprint: str = ""  # settings a resume must share (dataset, world size, ...)
+    sample_in_epoch: int = 0  # samples of that epoch's order done (all ranks together); the next one is this
+    run_fingerprint: str = ""  # settings a resume must share (dataset, seed, ...)
+    world_size: int = 0  # processes that saved the state
 
 
 def states_dir(output_dir: str | Path) -> Path:

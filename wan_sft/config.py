@@ -41,7 +41,10 @@ def add_training_args(parser) -> None:
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--save_steps", type=int, default=250, help="export a LoRA and save a resumable state every N steps")
+    parser.add_argument("--save_steps", type=int, default=250,
+                        help="export a LoRA and save a resumable state every N optimizer steps")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="samples per process per optimizer step (global batch = processes x N)")
     parser.add_argument("--lora_checkpoint", default=None, help="warm-start from these LoRA weights (fresh optimizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
@@ -64,7 +67,7 @@ def add_training_args(parser) -> None:
 
 def check_training_numbers(args) -> None:
     check_video_shape(args.num_frames, args.height, args.width)
-    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states"):
+    for name in ("lora_rank", "num_epochs", "save_steps", "gradient_accumulation_steps", "keep_states"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} {getattr(args, name)} is invalid: it must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:

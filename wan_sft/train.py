@@ -1,8 +1,10 @@
 """The training entry, started by `accelerate launch` on every rank (see launch.py). Reads top to bottom.
 
-Determinism: the sample order is a seeded permutation per epoch, rank r takes every world-th sample of it, and
-the noise/timestep draw is seeded from (seed, step, rank) just before the loss. So a run resumed from a saved
-state repeats exactly what the uninterrupted run would have done.
+Determinism: the sample order is a seeded permutation per epoch; an optimizer step takes the next
+processes x gradient_accumulation_steps samples of it (micro-step m of rank r takes the (m * processes + r)-th),
+and the noise/timestep draw is seeded from (seed, epoch, position in the order) just before the loss. So a run
+resumed from a saved state repeats exactly what the uninterrupted run would have done, and the same samples get
+the same noise whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -90,11 +92,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_fingerprint(args, world_size: int, num_samples: int) -> str:
-    """Settings a resumed run must share with the run that saved the state."""
-    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
+def run_fingerprint(args, num_samples: int) -> str:
+    """Settings a resumed run must share with the run that saved the state (the world size is checked apart)."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples,
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
+                gradient_accumulation_steps=args.gradient_accumulation_steps)
     return json.dumps(keys, sort_keys=True)
+
+
+def noise_seed(seed: int, epoch: int, position: int) -> int:
+    """The timestep/noise draw of the sample at this position of this epoch's order."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + position) % 2**63
 
 
 def main(argv=None) -> int:
@@ -104,6 +112,7 @@ def main(argv=None) -> int:
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))])
     if accelerator.num_processes != args.expected_world_size:
         raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
@@ -112,11 +121,11 @@ def main(argv=None) -> int:
     rank, world = accelerator.process_index, accelerator.num_processes
     output_dir = Path(args.output_dir)
 
-    # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
+    # Data: a seeded permutation per epoch, batch (= world x accumulation) samples of it per optimizer step.
     samples = read_training_csv(args.dataset)
     dataset = ClipDataset(samples, args.num_frames, args.height, args.width)
-    steps_per_epoch = math.ceil(len(samples) / world)
-    total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
+    accumulation = args.gradient_accumulation_steps
+    batch = world * accumulation
 
     # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32. With the latent
     # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them
@@ -151,10 +160,13 @@ def main(argv=None) -> int:
     accelerator.print(f"DiT: {checkpointed} of {len(pipe.dit.blocks)} blocks checkpointed, "
                       f"{'compiled' if compiled else 'eager'}")
     optimizer = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)  # DiffSynth's schedule: lr/3 for 5 steps, then lr
+    # DiffSynth's schedule: lr/3 for 5 steps, then lr. Stepped here once per optimizer step (accelerate would step
+    # it once per process under DDP, and DeepSpeed once per step), so it is counted in optimizer steps everywhere.
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     if deepspeed:
         configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     if deepspeed:
         from deepspeed.utils import safe_get_full_fp32_param as full_param
         save_kwargs, load_kwargs = dict(exclude_frozen_parameters=True), dict(load_module_strict=False)
@@ -163,11 +175,17 @@ def main(argv=None) -> int:
         accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
 
     # Resume from the newest complete state, if any.
-    fingerprint = run_fingerprint(args, world, len(samples))
-    progress = checkpoints.resume(accelerator, output_dir, **load_kwargs) or checkpoints.Progress(run_fingerprint=fingerprint)
+    fingerprint = run_fingerprint(args, len(samples))
+    progress = (checkpoints.resume(accelerator, output_dir, **load_kwargs)
+                or checkpoints.Progress(run_fingerprint=fingerprint, world_size=world))
     if progress.run_fingerprint != fingerprint:
         raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
                          f"use a new --output_dir or the same settings")
+    progress.world_size = world
+    steps_per_epoch = math.ceil(len(samples) / batch)
+    steps_left = (math.ceil((len(samples) - progress.sample_in_epoch) / batch)
+                  + (args.num_epochs - progress.epoch - 1) * steps_per_epoch) if progress.epoch < args.num_epochs else 0
+    total_steps = min(progress.global_step + steps_left, args.max_steps or sys.maxsize)
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +194,7 @@ def main(argv=None) -> int:
         accelerator.init_trackers("tensorboard")
         if progress.global_step:
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
-                  f"sample {progress.step_in_epoch * world} of {len(samples)})", flush=True)
+                  f"sample {progress.sample_in_epoch} of {len(samples)})", flush=True)
     if validator:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
@@ -193,17 +211,28 @@ def main(argv=None) -> int:
 
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + progress.epoch)).tolist()
-        positions = range(progress.step_in_epoch * world + rank, steps_per_epoch * world, world)
-        for sample in _prefetched(dataset, [order[p % len(samples)] for p in positions]):
+        step_starts = range(progress.sample_in_epoch, len(samples), batch)
+        # This rank's positions; those past the end (last step of an epoch) are computed with zero weight.
+        positions = [start + m * world + rank for start in step_starts for m in range(accumulation)]
+        prefetched = _prefetched(dataset, [order[p % len(samples)] for p in positions])
+        for start in step_starts:
             started = time.perf_counter()
-            loss = model(sample, noise_seed=(args.seed * 1_000_003 + progress.global_step) * 4099 + rank)
-            accelerator.backward(loss)
-            optimizer.step()
+            loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
+            for position in positions[:accumulation]:
+                sample = next(prefetched)
+                weight = float(position < len(samples))
+                with accelerator.accumulate(model):
+                    loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
+                    accelerator.backward(loss * weight)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                loss_sum += torch.stack([loss.detach().float() * weight, torch.tensor(weight, device=loss.device)])
+            positions = positions[accumulation:]
             scheduler.step()
-            optimizer.zero_grad()
             progress.global_step += 1
-            progress.step_in_epoch += 1
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            progress.sample_in_epoch = min(start + batch, len(samples))
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum") if world > 1 else loss_sum
+            mean_loss = (loss_sum[0] / loss_sum[1]).item()
             if diverged := _divergence(mean_loss, lora_params):
                 bar.close()
                 accelerator.print(f"error: training diverged at step {progress.global_step} ({diverged}); nothing of "
@@ -214,7 +243,8 @@ def main(argv=None) -> int:
             lr = scheduler.get_last_lr()[0]
             if accelerator.is_main_process:
                 record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
-                              step_seconds=time.perf_counter() - started)
+                              step_seconds=time.perf_counter() - started,
+                              samples=order[start:progress.sample_in_epoch])  # dataset rows of this step (0-based)
                 if torch.cuda.is_available():
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 with open(log_path, "a") as f:
@@ -222,9 +252,9 @@ def main(argv=None) -> int:
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
                 bar.update(1)
-            end_of_epoch = progress.step_in_epoch == steps_per_epoch
+            end_of_epoch = progress.sample_in_epoch == len(samples)
             if end_of_epoch:
-                progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+                progress.epoch, progress.sample_in_epoch = progress.epoch + 1, 0
             stopping = stop.agreed(accelerator)
             if progress.global_step % args.save_steps == 0:
                 save_lora(f"step-{progress.global_step}")
