@@ -63,8 +63,11 @@ def read_progress(state: Path) -> Progress:
     return Progress(**json.loads((state / PROGRESS).read_text()))
 
 
-def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **save_kwargs) -> Path:
-    """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards)."""
+def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, extra_files: dict[str, bytes] | None = None,
+         **save_kwargs) -> Path:
+    """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards).
+
+    extra_files: name -> bytes the main process writes into the state beside accelerate's files."""
     root = states_dir(output_dir)
     final = root / state_name(progress.global_step)
     tmp = root / f".tmp-{final.name}"
@@ -74,6 +77,8 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     accelerator.save_state(str(tmp), **save_kwargs)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, data in (extra_files or {}).items():
+            atomic_write(tmp / name, data)
         atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
         manifest = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         shutil.rmtree(final, ignore_errors=True)  # a stale incomplete state with the same step
@@ -85,14 +90,19 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     return final
 
 
-def resume(accelerator, output_dir: str | Path, **load_kwargs) -> Progress | None:
-    """Load the newest complete state that loads; None when there is none."""
+def resume(accelerator, output_dir: str | Path, load=None, **load_kwargs) -> Progress | None:
+    """Load the newest complete state that loads; None when there is none.
+
+    load(state, progress), if given, loads a state instead of accelerator.load_state (it may refuse with SystemExit)."""
     if accelerator.is_main_process:
         for stale in states_dir(output_dir).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     for state in complete_states(output_dir):
         try:
-            accelerator.load_state(str(state), **load_kwargs)
+            if load:
+                load(state, read_progress(state))
+            else:
+                accelerator.load_state(str(state), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - a state that fails to load is skipped like a partial one
             print(f"warning: training state {state} failed to load ({error}); trying an older one", file=sys.stderr)
             continue

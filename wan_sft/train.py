@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache, checkpoints, config
+from . import cache, checkpoints, config, portable_state
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fsutil import atomic_write
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     configure_blocks(pipe.dit, checkpointed, compile_blocks=compiled)
     accelerator.print(f"DiT: {checkpointed} of {len(pipe.dit.blocks)} blocks checkpointed, "
                       f"{'compiled' if compiled else 'eager'}")
-    optimizer = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
+    optimizer = adamw = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
     # DiffSynth's schedule: lr/3 for 5 steps, then lr. Stepped here once per optimizer step (accelerate would step
     # it once per process under DDP, and DeepSpeed once per step), so it is counted in optimizer steps everywhere.
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
@@ -176,7 +176,23 @@ def main(argv=None) -> int:
 
     # Resume from the newest complete state, if any.
     fingerprint = run_fingerprint(args, len(samples))
-    progress = (checkpoints.resume(accelerator, output_dir, **load_kwargs)
+
+    def load_state(state: Path, saved: checkpoints.Progress) -> None:
+        if saved.world_size == world or saved.run_fingerprint != fingerprint:  # a mismatch is refused below
+            accelerator.load_state(str(state), **load_kwargs)
+            return
+        change = (f"{world} process{'es' if world > 1 else ''} instead of {saved.world_size}: global batch "
+                  f"{world} x {accumulation} = {batch} samples per optimizer step instead of "
+                  f"{saved.world_size * accumulation}")
+        if not args.allow_world_size_change:
+            raise SystemExit(f"error: {state} was saved by {saved.world_size} processes; to continue it on {change}, "
+                             f"rerun with --allow_world_size_change (or start {saved.world_size} processes)")
+        portable_state.load(state / portable_state.FILE, accelerator.unwrap_model(model).dit, adamw, scheduler,
+                            deepspeed)
+        accelerator.print(f"resuming on {change} (--allow_world_size_change); epoch {saved.epoch} continues from "
+                          f"sample {saved.sample_in_epoch} of {len(samples)}", flush=True)
+
+    progress = (checkpoints.resume(accelerator, output_dir, load=load_state)
                 or checkpoints.Progress(run_fingerprint=fingerprint, world_size=world))
     if progress.run_fingerprint != fingerprint:
         raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
@@ -263,7 +279,9 @@ def main(argv=None) -> int:
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
                 validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
-                checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
+                portable = portable_state.gather(accelerator.unwrap_model(model).dit, adamw, scheduler, deepspeed)
+                checkpoints.save(accelerator, output_dir, progress, args.keep_states,
+                                 extra_files={portable_state.FILE: portable}, **save_kwargs)
             if stopping:
                 bar.close()
                 accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
