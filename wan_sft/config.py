@@ -50,6 +50,8 @@ def add_training_args(parser) -> None:
     parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
     parser.add_argument("--allow_world_size_change", action="store_true",
                         help="resume a state saved by another number of processes (the global batch changes)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="decode every clip before training, not only those changed since the last check")
     parser.add_argument("--cache_dir", default=None,
                         help="latent cache folder (default: <output_dir>/latent_cache; can be shared between runs)")
     parser.add_argument("--no_cache", action="store_true", help="encode every clip on the fly instead of caching")

@@ -140,15 +140,16 @@ def _crop_fractions(width: int, height: int, target_width: int, target_height: i
     return 1 - target_width / (width * scale), 1 - target_height / (height * scale)
 
 
-def _check_video(video: str, num_frames: int, height: int, width: int) -> list[tuple[bool, str, str]]:
-    """(fatal, kind, reason) for one file."""
+def _check_video(video: str, num_frames: int, height: int, width: int,
+                 probe=probe_video) -> list[tuple[bool, str, str]]:
+    """(fatal, kind, reason) for one file; `probe` decodes it (ClipRecord.probe: only if it changed)."""
     file = Path(video)
     if not file.is_file():
         return [(True, "file not found", "file not found")]
     if file.stat().st_size == 0:
         return [(True, "empty file", "file is empty (0 bytes)")]
     try:
-        info = probe_video(file)
+        info = probe(file)
     except InputError as error:
         return [(True, "unreadable video", str(error).removeprefix(f"{file}: "))]
     if info.num_frames == 1:
@@ -172,12 +173,14 @@ def _check_video(video: str, num_frames: int, height: int, width: int) -> list[t
 
 
 def check_samples(samples: list[Sample], num_frames: int, height: int, width: int,
-                  workers: int | None = None) -> tuple[list[Problem], list[Problem]]:
-    """Decode every video once, in parallel; return (fatal problems, warnings) in row order."""
+                  workers: int | None = None, record=None) -> tuple[list[Problem], list[Problem]]:
+    """Decode every video once, in parallel (with a ClipRecord: only new or changed ones); return (fatal problems,
+    warnings) in row order."""
+    probe = record.probe if record else probe_video
     videos = list(dict.fromkeys(sample.video for sample in samples))
     # Threads suffice: FFmpeg decodes outside the GIL, and no fork happens inside a training process.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(lambda video: _check_video(video, num_frames, height, width), videos)
+        results = pool.map(lambda video: _check_video(video, num_frames, height, width, probe), videos)
         findings = dict(zip(videos, tqdm(results, total=len(videos), desc="checking videos", unit="video",
                                          disable=len(videos) < PROGRESS_MIN_ITEMS)))
     fatal, warnings = [], []
@@ -188,11 +191,19 @@ def check_samples(samples: list[Sample], num_frames: int, height: int, width: in
 
 
 def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int, width: int,
-                          max_warnings_shown: int = 10) -> list[Sample]:
-    """Everything training needs from the CSV, checked before any model is loaded."""
+                          max_warnings_shown: int = 10, recheck: bool = False) -> list[Sample]:
+    """Everything training needs from the CSV, checked before any model is loaded (decoding only the clips that
+    changed since the last check, unless recheck)."""
+    from .clip_record import ClipRecord, record_path
+
     check_video_shape(num_frames, height, width)
     samples = read_training_csv(path)
-    fatal, warnings = check_samples(samples, num_frames, height, width)
+    record = ClipRecord(record_path(path), recheck)
+    fatal, warnings = check_samples(samples, num_frames, height, width, record=record)
+    videos = {sample.video for sample in samples}
+    record.save(keep=videos)
+    print(f"clip check: {len(record.decoded)} of {len(videos)} clips decoded, {len(videos) - len(record.decoded)} "
+          f"unchanged since the last check ({record.path}{'; --recheck' if recheck else ''})", flush=True)
     for warning in warnings[:max_warnings_shown]:
         print(f"warning: {path} {warning}", file=sys.stderr)
     if len(warnings) > max_warnings_shown:

@@ -81,7 +81,7 @@ def validate(args: argparse.Namespace) -> None:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a directory")
-    validate_training_csv(args.dataset, args.num_frames, args.height, args.width)
+    validate_training_csv(args.dataset, args.num_frames, args.height, args.width, recheck=args.recheck)
     if args.val_dataset_root:
         from .validation import check_validation_split
 
