@@ -49,6 +49,8 @@ class ClipRecord:
     def save(self, keep: set[str] | None = None) -> None:
         """Write the record (only the clips in `keep`, if given); a failure only costs the next check its speed."""
         entries = {k: v for k, v in self.entries.items() if keep is None or k in keep}
+        if not self.decoded and len(entries) == len(self.entries) and self.path.exists():
+            return  # nothing learned, nothing dropped: the record on disk is this one
         try:
             atomic_write(self.path, json.dumps(entries, separators=(",", ":")))
         except OSError as error:

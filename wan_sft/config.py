@@ -59,6 +59,9 @@ def add_training_args(parser) -> None:
                         help="DiT blocks to run with activation checkpointing (default: as few as fit in 60 GiB; all on CPU)")
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
+    parser.add_argument("--report_to", choices=["tensorboard", "wandb", "all"], default="tensorboard",
+                        help="experiment trackers (accelerate's): TensorBoard in <output_dir>/tensorboard, W&B "
+                             "(run folder in <output_dir>/wandb; WANDB_MODE=offline works without network), or both")
     parser.add_argument("--val_dataset_root", default=None,
                         help="VLMPuzzle dataset root: generate + score held-out puzzles during training (default: off)")
     parser.add_argument("--val_every", type=int, default=None, help="validate every N steps (default: --save_steps)")

@@ -9,6 +9,7 @@ the same noise whatever the number of processes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import signal
@@ -109,9 +110,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_launcher()
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
-    accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
+    trackers = ["tensorboard", "wandb"] if args.report_to == "all" else [args.report_to]
+    logging_dir = str(Path(args.output_dir) / "tensorboard")
+    accelerator = Accelerator(log_with=trackers, project_config=ProjectConfiguration(args.output_dir, logging_dir),
                               gradient_accumulation_steps=args.gradient_accumulation_steps,
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))])
     if accelerator.num_processes != args.expected_world_size:
@@ -135,14 +138,14 @@ def main(argv=None) -> int:
     if not args.no_cache:
         cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
                                         args.height, args.width, locate_model_files(args.model_base_path), dtype)
-        my_missing = cache.missing_entries(cache_paths, rank, world)
+        my_missing, texts_missing, present_bytes = cache.missing_entries(cache_paths, rank, world)
     need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
     pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
     pipe.scheduler.set_timesteps(1000, training=True)
     model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
     validator = TaskValidator(args, accelerator, pipe) if args.val_dataset_root else None
     if not args.no_cache:
-        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing)
+        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing, texts_missing, present_bytes)
         model.drop_encoders()
         if validator:
             validator.offload_text_encoder()
@@ -207,7 +210,10 @@ def main(argv=None) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(output_dir / "training_args.json", json.dumps(vars(args), indent=1))
         _truncate_log(log_path, progress.global_step)  # steps after the resumed state will be redone
-        accelerator.init_trackers("tensorboard")
+        # One W&B run per output folder: a resumed run continues it.
+        wandb_run = dict(dir=str(output_dir), name=output_dir.resolve().name, resume="allow", config=vars(args),
+                         id=hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16])
+        accelerator.init_trackers("wan_sft", init_kwargs={"wandb": wandb_run})
         if progress.global_step:
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
                   f"sample {progress.sample_in_epoch} of {len(samples)})", flush=True)
@@ -215,10 +221,17 @@ def main(argv=None) -> int:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
+    saved_step = progress.global_step  # the newest complete state's step (0: none)
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
 
     def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
         return lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
+
+    def save_state():  # collective; returns the step saved
+        portable = portable_state.gather(accelerator.unwrap_model(model).dit, adamw, scheduler, deepspeed)
+        checkpoints.save(accelerator, output_dir, progress, args.keep_states,
+                         extra_files={portable_state.FILE: portable}, **save_kwargs)
+        return progress.global_step
 
     def save_lora(name):
         state = current_lora()
@@ -233,9 +246,27 @@ def main(argv=None) -> int:
         prefetched = _prefetched(dataset, [order[p % len(samples)] for p in positions])
         for start in step_starts:
             started = time.perf_counter()
+            step_samples, broken = [], None
+            try:  # the whole step's samples first: a broken cache entry stops every rank before any collective
+                step_samples = [next(prefetched) for _ in range(accumulation)]
+            except cache.CacheEntryError as error:
+                broken = error
+                broken.path.unlink(missing_ok=True)  # so that the rerun's start scan encodes it again
+            if _any_rank(accelerator, broken is not None):
+                bar.close()
+                if progress.global_step > saved_step:
+                    save_state()
+                if broken:
+                    saved = (f"state saved at step {progress.global_step} in {checkpoints.states_dir(output_dir)}"
+                             if progress.global_step else "no step was done yet")
+                    print(f"error: {broken}; it changed after training started (another job writing the same "
+                          f"--cache_dir?); removed it; {saved}; rerun the same command: it encodes the entry again "
+                          f"and resumes",
+                          file=sys.stderr, flush=True)
+                accelerator.end_training()
+                return 1
             loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
-            for position in positions[:accumulation]:
-                sample = next(prefetched)
+            for position, sample in zip(positions[:accumulation], step_samples):
                 weight = float(position < len(samples))
                 with accelerator.accumulate(model):
                     loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
@@ -279,9 +310,7 @@ def main(argv=None) -> int:
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
                 validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
-                portable = portable_state.gather(accelerator.unwrap_model(model).dit, adamw, scheduler, deepspeed)
-                checkpoints.save(accelerator, output_dir, progress, args.keep_states,
-                                 extra_files={portable_state.FILE: portable}, **save_kwargs)
+                saved_step = save_state()
             if stopping:
                 bar.close()
                 accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
@@ -325,6 +354,12 @@ def _divergence(mean_loss: float, lora_params) -> str | None:
     if not torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in lora_params])):
         return "the LoRA weights' norm is inf/NaN"
     return None
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """Collective: whether any rank's flag is set."""
+    flag = torch.tensor([int(flag)], device=accelerator.device)
+    return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item())
 
 
 def _die_with_launcher() -> None:
