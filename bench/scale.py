@@ -91,8 +91,9 @@ def fill_small_entries(paths) -> None:
         cache.write_entries((clip_path, text_path), inputs, write_text=not text_path.exists())
 
 
-def loader_samples_per_second(folder: Path, count: int) -> float:
-    """CachedDataset over `count` distinct 5B-shape entries, each dropped from the page cache before it is read."""
+def loader_samples_per_second(folder: Path, count: int) -> tuple[float, float]:
+    """CachedDataset over `count` distinct 5B-shape entries: (cold: each dropped from the page cache before it is
+    read, warm: read again)."""
     inputs = {name: torch.randn(shape).to(torch.bfloat16) for name, shape in SHAPES_5B.items()}
     inputs["context"] = torch.cat([torch.randn(1, T5_TOKENS, 4096), torch.zeros(1, 512 - T5_TOKENS, 4096)],
                                   dim=1).to(torch.bfloat16)
@@ -105,8 +106,9 @@ def loader_samples_per_second(folder: Path, count: int) -> float:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
     dataset = cache.CachedDataset(paths)
-    seconds, _ = timed(lambda: [dataset[i]["input_latents"].sum() for i in range(count)])
-    return count / seconds
+    cold, _ = timed(lambda: [dataset[i]["input_latents"].sum() for i in range(count)])
+    warm, _ = timed(lambda: [dataset[i]["input_latents"].sum() for i in range(count)])
+    return count / cold, count / warm
 
 
 def main() -> None:
@@ -142,7 +144,7 @@ def main() -> None:
     print(f"wrote {n} small cache entries in {fill_seconds:.1f} s", file=sys.stderr)
     key_seconds, check_seconds, _, missing = scan(samples, cache_dir, files)
     assert missing == []
-    loader_rate = loader_samples_per_second(args.dir / "loader", args.loader_entries)
+    cold_rate, warm_rate = loader_samples_per_second(args.dir / "loader", args.loader_entries)
 
     per_clip_5b = clip_bytes + text_bytes / (n / args.prompts)
     relaunch_total = csv_seconds + relaunch_seconds + key_seconds + check_seconds
@@ -165,12 +167,13 @@ def main() -> None:
     for label, measured, per_clip in rows:
         extrapolated = [f"{per_clip * total:.1f} s" if per_clip is not None else "" for total in (10**5, 10**6)]
         print(f"| {label} | {measured} | {extrapolated[0]} | {extrapolated[1]} |")
-    print(f"\nCache at 81x896x480, 5B shapes (bf16; written with those shapes): clip entry {clip_bytes / 2**20:.3f} MiB, "
+    print(f"\nCache at 81x896x480, 5B shapes (bf16; written with those shapes): "
+          f"clip entry {clip_bytes / 2**20:.3f} MiB, "
           f"text entry ({T5_TOKENS} tokens) {text_bytes / 2**20:.3f} MiB shared by the clips of its prompt: "
           f"{per_clip_5b / 2**20:.3f} MiB per clip with {n // args.prompts} clips per prompt "
           f"(before: 7.4 MiB: every entry held 512x4096 context and video frame 0).")
-    print(f"Data loader from the cache (5B-shape entries, each cold from the page cache): {loader_rate:.1f} samples/s "
-          f"on one thread (training needs 1.7 per rank).")
+    print(f"Data loader from the cache (5B-shape entries, one thread): {cold_rate:.1f} samples/s cold from the "
+          f"page cache, {warm_rate:.1f} warm (training needs 1.7 per rank).")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_script
-from test_train import assert_same_lora, curve, free_port, losses, run_until_state, train_command, uninterrupted  # noqa: F401
+from test_train import (assert_same_lora, curve, free_port, losses, run_until_state, train_command,  # noqa: F401
+                        uninterrupted)
 
 
 def one_process_ga2(demo, output_dir):
@@ -25,11 +26,12 @@ def accumulated(demo_data, tmp_path_factory):
 
 def test_one_process_with_accumulation_2_trains_like_two_processes(accumulated, uninterrupted):
     two_processes = uninterrupted[0] / "out"
-    # Same optimizer steps, samples, schedule (counted in optimizer steps) and numbering; 8 rows / (1 x 2) = 4 per epoch.
+    # Same optimizer steps, samples, schedule (in optimizer steps) and numbering; 8 rows / (1 x 2) = 4 per epoch.
     assert [r["step"] for r in losses(accumulated)] == list(range(1, 13))
     assert [(r["epoch"], r["samples"], r["lr"]) for r in losses(accumulated)] == [
         (r["epoch"], r["samples"], r["lr"]) for r in losses(two_processes)]
-    assert losses(accumulated)[0]["lr"] == pytest.approx(1e-4 / 3) and losses(accumulated)[5]["lr"] == pytest.approx(1e-4)
+    assert losses(accumulated)[0]["lr"] == pytest.approx(1e-4 / 3)
+    assert losses(accumulated)[5]["lr"] == pytest.approx(1e-4)
     assert sorted(p.name for p in accumulated.glob("step-*.safetensors")) == sorted(
         p.name for p in two_processes.glob("step-*.safetensors"))
     for a, b in zip(losses(accumulated), losses(two_processes)):
@@ -57,7 +59,7 @@ def test_sigkill_with_accumulation_then_rerun_is_bitwise_identical(accumulated, 
         assert_same_lora(out / f"{name}.safetensors", accumulated / f"{name}.safetensors")
 
 
-def test_changing_the_accumulation_on_resume_is_refused(accumulated, demo_data, tmp_path):
+def test_changing_the_accumulation_on_resume_is_refused_naming_the_flag(accumulated, demo_data, tmp_path):
     import shutil
 
     out = tmp_path / "out"
@@ -66,7 +68,10 @@ def test_changing_the_accumulation_on_resume_is_refused(accumulated, demo_data, 
     command[command.index("--gradient_accumulation_steps") + 1] = "1"
     result = run_script(command, cwd=tmp_path)
     assert result.returncode != 0
-    assert f"error: {out} holds a run with other settings" in result.stderr + result.stdout
+    assert (f"error: {out / 'states' / 'step-00000012'} was saved by 1 processes x 2 accumulation steps; to continue "
+            f"it with 1 processes x 1 accumulation steps instead of 1 x 2: global batch 1 samples per optimizer step "
+            f"instead of 2, rerun with --allow_world_size_change (or use 1 processes and "
+            f"--gradient_accumulation_steps 2)") in result.stderr
 
 
 def test_the_deepspeed_config_carries_the_accumulation():

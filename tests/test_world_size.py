@@ -33,18 +33,20 @@ def samples_per_epoch(out):
     return seen
 
 
-@pytest.mark.parametrize("processes", [1, 3])
-def test_resume_on_another_world_size_uses_every_sample_once(stopped_after_one_step, demo_data, tmp_path, processes):
+@pytest.mark.parametrize("processes, accumulation", [(1, 1), (3, 1), (1, 2)])
+def test_resume_on_another_world_size_uses_every_sample_once(stopped_after_one_step, demo_data, tmp_path, processes,
+                                                             accumulation):
     out = tmp_path / "out"
     shutil.copytree(stopped_after_one_step, out)
-    result = run_script(command_on(demo_data, out, processes, "--allow_world_size_change"), cwd=tmp_path)
+    result = run_script(command_on(demo_data, out, processes, "--allow_world_size_change",
+                                   "--gradient_accumulation_steps", str(accumulation)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    plural = "es" if processes > 1 else ""
-    assert (f"resuming on {processes} process{plural} instead of 2: global batch {processes} x 1 = {processes} samples "
-            f"per optimizer step instead of 2 (--allow_world_size_change); epoch 0 continues from sample 2 of 8"
-            in result.stdout)
+    batch = processes * accumulation
+    assert (f"resuming with {processes} processes x {accumulation} accumulation steps instead of 2 x 1: global batch "
+            f"{batch} samples per optimizer step instead of 2 (--allow_world_size_change); epoch 0 continues from "
+            f"sample 2 of 8" in result.stdout)
     # Step numbering continues: 1 step on 2 processes, then the rest of epoch 0 and all of epoch 1 on the new size.
-    steps = 1 + -(-(ROWS - 2) // processes) + -(-ROWS // processes)
+    steps = 1 + -(-(ROWS - 2) // batch) + -(-ROWS // batch)
     assert [r["step"] for r in losses(out)] == list(range(1, steps + 1))
     assert samples_per_epoch(out) == {0: Counter(range(ROWS)), 1: Counter(range(ROWS))}
     assert (out / "final.safetensors").is_file()
@@ -56,7 +58,7 @@ def test_another_world_size_without_the_flag_is_refused_naming_it(stopped_after_
     result = run_script(command_on(demo_data, out, 1), cwd=tmp_path)
     assert result.returncode != 0
     state = out / "states" / "step-00000001"
-    assert (f"error: {state} was saved by 2 processes; to continue it on 1 process instead of 2: global batch "
-            f"1 x 1 = 1 samples per optimizer step instead of 2, rerun with --allow_world_size_change "
-            f"(or start 2 processes)") in result.stderr
+    assert (f"error: {state} was saved by 2 processes x 1 accumulation steps; to continue it with 1 processes x 1 "
+            f"accumulation steps instead of 2 x 1: global batch 1 samples per optimizer step instead of 2, rerun with "
+            f"--allow_world_size_change (or use 2 processes and --gradient_accumulation_steps 1)") in result.stderr
     assert [r["step"] for r in losses(out)] == [1]

@@ -101,9 +101,10 @@ def join_inputs(clip: dict, text: dict) -> dict:
     """The tensors encode() returned, rebuilt (frame 0 of input_latents is unread, see the module docstring)."""
     first, later = clip["first_frame_latents"], clip["later_latents"]
     context = text["context"]
-    padding = context.new_zeros(context.shape[0], int(text["padded_length"]) - context.shape[1], *context.shape[2:])
+    padded = context.new_zeros(context.shape[0], int(text["padded_length"]), *context.shape[2:])
+    padded[:, :context.shape[1]] = context
     return {"input_latents": torch.cat([first.to(later.dtype), later], dim=2), "first_frame_latents": first,
-            "context": torch.cat([context, padding], dim=1)}
+            "context": padded}
 
 
 def write_entries(paths: tuple[Path, Path], inputs: dict, write_text: bool) -> tuple[int, int]:
@@ -188,5 +189,5 @@ def fill_cache(accelerator, encode, clip_dataset, paths: list[tuple[Path, Path]]
         share = len(range(0, len(paths), accelerator.num_processes))
         prompts = len({paths[i][1] for i in range(0, len(paths), accelerator.num_processes)})
         encoded = f"{len(mine)} clips on rank 0 encoded, " if mine else ""
-        print(f"latent cache ({paths[0][0].parent.parent.parent}): {encoded}{(written + present_bytes) / share / 2**20:.3f} "
-              f"MiB per clip ({share} clips and {prompts} prompt contexts on rank 0)", flush=True)
+        per_clip = (written + present_bytes) / share / 2**20
+        print(f"latent cache ({paths[0][0].parent.parent.parent}): {encoded}{per_clip:.3f} MiB per clip ({share} clips and {prompts} prompt contexts on rank 0)", flush=True)

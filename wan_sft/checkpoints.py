@@ -25,6 +25,7 @@ class Progress:
     sample_in_epoch: int = 0  # samples of that epoch's order done (all ranks together); the next one is this
     run_fingerprint: str = ""  # settings a resume must share (dataset, seed, ...)
     world_size: int = 0  # processes that saved the state
+    gradient_accumulation_steps: int = 1  # and their accumulation (global batch = the product)
 
 
 def states_dir(output_dir: str | Path) -> Path:
@@ -63,8 +64,8 @@ def read_progress(state: Path) -> Progress:
     return Progress(**json.loads((state / PROGRESS).read_text()))
 
 
-def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, extra_files: dict[str, bytes] | None = None,
-         **save_kwargs) -> Path:
+def save(accelerator, output_dir: str | Path, progress: Progress, keep: int,
+         extra_files: dict[str, bytes] | None = None, **save_kwargs) -> Path:
     """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards).
 
     extra_files: name -> bytes the main process writes into the state beside accelerate's files."""

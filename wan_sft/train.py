@@ -94,10 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_fingerprint(args, num_samples: int) -> str:
-    """Settings a resumed run must share with the run that saved the state (the world size is checked apart)."""
-    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
-                gradient_accumulation_steps=args.gradient_accumulation_steps)
+    """Settings a resumed run must share with the run that saved the state (the global batch is checked apart)."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, num_frames=args.num_frames,
+                height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed)
     return json.dumps(keys, sort_keys=True)
 
 
@@ -181,26 +180,28 @@ def main(argv=None) -> int:
     fingerprint = run_fingerprint(args, len(samples))
 
     def load_state(state: Path, saved: checkpoints.Progress) -> None:
-        if saved.world_size == world or saved.run_fingerprint != fingerprint:  # a mismatch is refused below
+        saved_shape = (saved.world_size, saved.gradient_accumulation_steps)
+        if saved_shape == (world, accumulation) or saved.run_fingerprint != fingerprint:  # a mismatch: refused below
             accelerator.load_state(str(state), **load_kwargs)
             return
-        change = (f"{world} process{'es' if world > 1 else ''} instead of {saved.world_size}: global batch "
-                  f"{world} x {accumulation} = {batch} samples per optimizer step instead of "
-                  f"{saved.world_size * accumulation}")
+        change = (f"{world} processes x {accumulation} accumulation steps instead of {saved_shape[0]} x "
+                  f"{saved_shape[1]}: global batch {batch} samples per optimizer step instead of "
+                  f"{saved_shape[0] * saved_shape[1]}")
         if not args.allow_world_size_change:
-            raise SystemExit(f"error: {state} was saved by {saved.world_size} processes; to continue it on {change}, "
-                             f"rerun with --allow_world_size_change (or start {saved.world_size} processes)")
+            raise SystemExit(f"error: {state} was saved by {saved_shape[0]} processes x {saved_shape[1]} accumulation "
+                             f"steps; to continue it with {change}, rerun with --allow_world_size_change (or use "
+                             f"{saved_shape[0]} processes and --gradient_accumulation_steps {saved_shape[1]})")
         portable_state.load(state / portable_state.FILE, accelerator.unwrap_model(model).dit, adamw, scheduler,
                             deepspeed)
-        accelerator.print(f"resuming on {change} (--allow_world_size_change); epoch {saved.epoch} continues from "
+        accelerator.print(f"resuming with {change} (--allow_world_size_change); epoch {saved.epoch} continues from "
                           f"sample {saved.sample_in_epoch} of {len(samples)}", flush=True)
 
     progress = (checkpoints.resume(accelerator, output_dir, load=load_state)
-                or checkpoints.Progress(run_fingerprint=fingerprint, world_size=world))
+                or checkpoints.Progress(run_fingerprint=fingerprint))
     if progress.run_fingerprint != fingerprint:
         raise SystemExit(f"error: {output_dir} holds a run with other settings ({progress.run_fingerprint}); "
                          f"use a new --output_dir or the same settings")
-    progress.world_size = world
+    progress.world_size, progress.gradient_accumulation_steps = world, accumulation
     steps_per_epoch = math.ceil(len(samples) / batch)
     steps_left = (math.ceil((len(samples) - progress.sample_in_epoch) / batch)
                   + (args.num_epochs - progress.epoch - 1) * steps_per_epoch) if progress.epoch < args.num_epochs else 0
