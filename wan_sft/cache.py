@@ -190,4 +190,5 @@ def fill_cache(accelerator, encode, clip_dataset, paths: list[tuple[Path, Path]]
         prompts = len({paths[i][1] for i in range(0, len(paths), accelerator.num_processes)})
         encoded = f"{len(mine)} clips on rank 0 encoded, " if mine else ""
         per_clip = (written + present_bytes) / share / 2**20
-        print(f"latent cache ({paths[0][0].parent.parent.parent}): {encoded}{per_clip:.3f} MiB per clip ({share} clips and {prompts} prompt contexts on rank 0)", flush=True)
+        print(f"latent cache ({paths[0][0].parent.parent.parent}): {encoded}{per_clip:.3f} MiB per clip "
+              f"({share} clips and {prompts} prompt contexts on rank 0)", flush=True)
