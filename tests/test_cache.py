@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 
 from conftest import REPO, run_script
@@ -37,7 +38,7 @@ def test_keys_change_with_every_input_and_a_prompt_is_stored_once(demo_data, tmp
     assert len({base, *variants}) == len(variants) + 1
 
     def text_paths(files, samples, dtype=torch.float32):
-        return [text for _, text in cache.entry_paths(samples, tmp_path / "c", 9, 160, 96, files, dtype)]
+        return [text for _, text in cache.EntryPaths(samples, tmp_path / "c", 9, 160, 96, files, dtype)]
 
     texts = text_paths(files, samples)
     assert len(set(texts)) == len({s.prompt for s in samples}) < len(samples)  # shared by clips with one prompt
@@ -53,6 +54,16 @@ def test_keys_change_with_every_input_and_a_prompt_is_stored_once(demo_data, tmp
     os.utime(tmp_path / "model2" / "google" / "umt5-xxl" / tokenizer.name, ns=(1, 1))
     changed.append(text_paths(locate_model_files(tmp_path / "model2"), [sample])[0])  # another tokenizer file
     assert len({texts[0], *changed}) == len(changed) + 1
+
+
+def test_a_rank_stats_only_the_clips_it_asks_for(demo_data, tmp_path):
+    samples = read_training_csv(demo_data["csv"])
+    gone = [type(s)(str(tmp_path / f"gone{i}.mp4"), s.prompt, s.row) for i, s in enumerate(samples)]
+    paths = cache.EntryPaths([samples[0], *gone], tmp_path, 9, 160, 96, locate_model_files(demo_data["model"]),
+                             torch.float32)  # no clip is looked at yet
+    assert len(paths) == 1 + len(gone) and paths[0][0].parent.parent.name == "clip"
+    with pytest.raises(FileNotFoundError):
+        paths[1]
 
 
 def test_an_entry_holds_only_what_the_loss_reads_and_rebuilds_it_bitwise(demo_data):
@@ -143,7 +154,7 @@ def test_an_entry_broken_during_training_saves_stops_and_the_rerun_rebuilds_it(u
     out = tmp_path / "out"
     shutil.copytree(uninterrupted[0] / "out" / "latent_cache", out / "latent_cache")  # every entry present
     samples = read_training_csv(demo_data["csv"])
-    paths = cache.entry_paths(samples, out / "latent_cache", 9, 160, 96, locate_model_files(demo_data["model"]),
+    paths = cache.EntryPaths(samples, out / "latent_cache", 9, 160, 96, locate_model_files(demo_data["model"]),
                               torch.float32)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0)).tolist()
     broken = paths[order[6]][0]  # read first in step 4 (epoch 0, positions 6-7); states exist at step 2

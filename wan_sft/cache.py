@@ -61,15 +61,28 @@ def entry_path(cache_dir: str | os.PathLike, kind: str, key: str) -> Path:
     return Path(cache_dir) / kind / key[:2] / f"{key}.safetensors"
 
 
-def entry_paths(samples, cache_dir, num_frames, height, width, model_files, dtype) -> list[tuple[Path, Path]]:
-    """(clip entry, text entry) per sample."""
-    vae = file_identity(model_files.vae)
-    text_encoder = [file_identity(model_files.text_encoder),
-                    sorted(file_identity(p) for p in Path(model_files.tokenizer_dir).iterdir())]
-    texts = {prompt: entry_path(cache_dir, "text", text_key(prompt, text_encoder, dtype))
-             for prompt in {s.prompt for s in samples}}
-    return [(entry_path(cache_dir, "clip", clip_key(s.video, num_frames, height, width, vae, dtype)), texts[s.prompt])
-            for s in samples]
+class EntryPaths:
+    """(clip entry, text entry) of sample i, computed when first asked for: a rank stats only the clips it scans or
+    reads, not every clip of the dataset (at 10^5 clips and 120 ranks, 12M stats at every start otherwise)."""
+
+    def __init__(self, samples, cache_dir, num_frames, height, width, model_files, dtype):
+        self.samples, self.cache_dir, self.shape, self.dtype = samples, cache_dir, (num_frames, height, width), dtype
+        self.vae = file_identity(model_files.vae)
+        text_encoder = [file_identity(model_files.text_encoder),
+                        sorted(file_identity(p) for p in Path(model_files.tokenizer_dir).iterdir())]
+        self.texts = {prompt: entry_path(cache_dir, "text", text_key(prompt, text_encoder, dtype))
+                      for prompt in {s.prompt for s in samples}}
+        self.known: dict[int, tuple[Path, Path]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Path, Path]:
+        if i not in self.known:
+            sample = self.samples[i]
+            key = clip_key(sample.video, *self.shape, self.vae, self.dtype)
+            self.known[i] = (entry_path(self.cache_dir, "clip", key), self.texts[sample.prompt])
+        return self.known[i]
 
 
 def entry_size(path: Path, names: tuple[str, ...]) -> int | None:
@@ -135,7 +148,7 @@ def _read_text(path: Path) -> dict[str, torch.Tensor]:
 class CachedDataset(torch.utils.data.Dataset):
     """Training samples read from the cache: only tensors, no video decoding."""
 
-    def __init__(self, paths: list[tuple[Path, Path]]):
+    def __init__(self, paths: EntryPaths):
         self.paths = paths
 
     def __len__(self) -> int:
@@ -146,7 +159,7 @@ class CachedDataset(torch.utils.data.Dataset):
         return {**join_inputs(_read(clip_path), _read_text(text_path)), "index": index}
 
 
-def missing_entries(paths: list[tuple[Path, Path]], rank: int, world: int) -> tuple[list[int], set[Path], int]:
+def missing_entries(paths: EntryPaths, rank: int, world: int) -> tuple[list[int], set[Path], int]:
     """This rank's share of the samples whose clip or text entry is missing or incomplete (each rank checks and
     fills its share), the text entries among them that need writing, and the bytes of the complete entries of
     its share (text entries counted once)."""
@@ -173,7 +186,7 @@ def _present(path: Path, names: tuple[str, ...]) -> int | None:
     return size
 
 
-def fill_cache(accelerator, encode, clip_dataset, paths: list[tuple[Path, Path]], mine: list[int],
+def fill_cache(accelerator, encode, clip_dataset, paths: EntryPaths, mine: list[int],
                texts_missing: set[Path], present_bytes: int) -> None:
     """Encode this rank's missing entries (collective: ends when every rank is done); resumable. Rank 0 reports
     the cache's bytes per clip over its share."""

@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     if not args.no_cache:
-        cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
-                                        args.height, args.width, locate_model_files(args.model_base_path), dtype)
+        cache_paths = cache.EntryPaths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
+                                       args.height, args.width, locate_model_files(args.model_base_path), dtype)
         my_missing, texts_missing, present_bytes = cache.missing_entries(cache_paths, rank, world)
     need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
     pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
