@@ -37,5 +37,5 @@ def test_no_states_means_fresh_start(tmp_path):
 def test_progress_round_trips(tmp_path):
     state = make_state(tmp_path, 3)
     (state / checkpoints.PROGRESS).write_text(json.dumps(
-        {"global_step": 3, "epoch": 1, "step_in_epoch": 2, "run_fingerprint": "f"}))
-    assert checkpoints.read_progress(state) == checkpoints.Progress(3, 1, 2, "f")
+        {"global_step": 3, "epoch": 1, "sample_in_epoch": 4, "run_fingerprint": "f", "world_size": 2}))
+    assert checkpoints.read_progress(state) == checkpoints.Progress(3, 1, 4, "f", 2)

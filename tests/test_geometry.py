@@ -97,19 +97,14 @@ def different_pixels(a, b):
 
 def test_fit_is_part_of_the_cache_key_and_the_run_fingerprint(tmp_path):
     import argparse
-    import types
 
     from wan_sft import cache
-    from wan_sft.train import run_fingerprint
+    from wan_sft.checkpoints import run_fingerprint
 
-    for name in ("vae.pth", "t5.pth", "tokenizer/vocab.json", "clip.mp4"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(name)
-    files = types.SimpleNamespace(vae=tmp_path / "vae.pth", text_encoder=tmp_path / "t5.pth",
-                                  tokenizer_dir=tmp_path / "tokenizer")
-    keys = {fit: cache.entry_key(str(tmp_path / "clip.mp4"), "p", 9, 160, 96, files, "float32", fit)
+    (tmp_path / "clip.mp4").write_text("clip")
+    keys = {fit: cache.clip_key(str(tmp_path / "clip.mp4"), 9, 160, 96, ["vae", 1, 2], "float32", fit)
             for fit in ("stretch", "crop", "pad")}
     assert len(set(keys.values())) == 3
-    assert cache.entry_key(str(tmp_path / "clip.mp4"), "p", 9, 160, 96, files, "float32") == keys["stretch"]
+    assert cache.clip_key(str(tmp_path / "clip.mp4"), 9, 160, 96, ["vae", 1, 2], "float32") == keys["stretch"]
     args = argparse.Namespace(dataset="d.csv", num_frames=9, height=160, width=96, lora_rank=4, seed=0, fit="crop")
-    assert run_fingerprint(args, 1, 8) != run_fingerprint(argparse.Namespace(**{**vars(args), "fit": "pad"}), 1, 8)
+    assert run_fingerprint(args, 8) != run_fingerprint(argparse.Namespace(**{**vars(args), "fit": "pad"}), 8)

@@ -489,3 +489,28 @@ def test_cluster_bad_dataset_rejected_before_anything_is_queued(cluster, tmp_pat
 def squeue_ids() -> set[str]:
     queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30, check=True)
     return set(queue.stdout.split())
+
+
+def test_cluster_job_that_lost_a_node_continues_on_one_node(cluster, tmp_path, demo):
+    """2 nodes stop after step 3 (6 of 8 samples of epoch 0); resubmitted on 1 node with --allow_world_size_change,
+    the epoch continues where it stopped: every sample of each epoch exactly once, step numbering continues."""
+    from collections import Counter
+
+    env = clean_env(MODEL_BASE_PATH=str(demo["model"]))
+    flags = ["--cpu", "--dataset", str(demo["csv"]), "--gpus_per_node", "1", "--output_dir", "out", *SIZE,
+             "--lora_rank", "4", "--num_epochs", "2", "--save_steps", "2", "--sbatch_args", "--time 15"]
+    first = multi([*flags, "--num_nodes", "2", "--max_steps", "3"], tmp_path, env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    job = re.search(r"submitted job (\d+)", first.stdout).group(1)
+    assert wait_job_done(job, 420) == "COMPLETED", (tmp_path / "out" / f"slurm-{job}.out").read_text()[-5000:]
+    second = multi([*flags, "--num_nodes", "1", "--allow_world_size_change"], tmp_path, env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    again = re.search(r"submitted job (\d+)", second.stdout).group(1)
+    log = (tmp_path / "out" / f"slurm-{again}.out")
+    assert wait_job_done(again, 420) == "COMPLETED", log.read_text()[-5000:]
+    assert ("resuming with 1 processes x 1 accumulation steps instead of 2 x 1: global batch 1 samples per optimizer "
+            "step instead of 2 (--allow_world_size_change); epoch 0 continues from sample 6 of 8") in log.read_text()
+    records = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 3 + 2 + 8 + 1))
+    for epoch in (0, 1):
+        assert Counter(i for r in records if r["epoch"] == epoch for i in r["samples"]) == Counter(range(8))

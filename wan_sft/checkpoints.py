@@ -23,13 +23,16 @@ PROGRESS = "progress.json"
 class Progress:
     global_step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress
-    step_in_epoch: int = 0  # steps of that epoch done; the next sample is the one after
-    run_fingerprint: str = ""  # settings a resume must share (dataset, world size, ...)
+    sample_in_epoch: int = 0  # samples of that epoch's order done (all ranks together); the next one is this
+    run_fingerprint: str = ""  # settings a resume must share (dataset, seed, ...)
+    world_size: int = 0  # processes that saved the state
+    gradient_accumulation_steps: int = 1  # and their accumulation (global batch = the product)
 
 
-def run_fingerprint(args, world_size: int, num_samples: int) -> str:
-    """Settings a resumed run must share with the run that saved the state (train.py and the launchers)."""
-    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples, world_size=world_size,
+def run_fingerprint(args, num_samples: int) -> str:
+    """Settings a resumed run must share with the run that saved the state (train.py and the launchers); the
+    number of processes and accumulation steps are checked apart (--allow_world_size_change)."""
+    keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples,
                 num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
                 fit=args.fit)
     return json.dumps(keys, sort_keys=True)
@@ -88,8 +91,11 @@ def read_progress(state: Path) -> Progress:
     return Progress(**json.loads((state / PROGRESS).read_text()))
 
 
-def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **save_kwargs) -> Path:
-    """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards)."""
+def save(accelerator, output_dir: str | Path, progress: Progress, keep: int,
+         extra_files: dict[str, bytes] | None = None, **save_kwargs) -> Path:
+    """Collective: every rank must call it (DeepSpeed writes per-rank optimizer shards).
+
+    extra_files: name -> bytes the main process writes into the state beside accelerate's files."""
     root = states_dir(output_dir)
     final = root / state_name(progress.global_step)
     tmp = root / f".tmp-{final.name}"
@@ -104,6 +110,8 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         try:
+            for name, data in (extra_files or {}).items():
+                atomic_write(tmp / name, data)
             atomic_write(tmp / PROGRESS, json.dumps(asdict(progress), indent=1))
             files = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
             for file in files:  # some of accelerate's files are created 0600
@@ -122,16 +130,20 @@ def save(accelerator, output_dir: str | Path, progress: Progress, keep: int, **s
     return final
 
 
-def resume(accelerator, output_dir: str | Path, fingerprint: str, **load_kwargs) -> Progress | None:
+def resume(accelerator, output_dir: str | Path, fingerprint: str, load=None, **load_kwargs) -> Progress | None:
     """Load the newest complete state that loads; None when there is none. A state of a run with other settings
-    is refused (InputError), never skipped."""
+    is refused (InputError), never skipped. load(state, progress), if given, loads a state instead of
+    accelerator.load_state (it may refuse with SystemExit)."""
     if accelerator.is_main_process:
         for stale in states_dir(output_dir).glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
     for state in complete_states(output_dir):
         _check_state(state, fingerprint)
         try:
-            accelerator.load_state(str(state), **load_kwargs)
+            if load:
+                load(state, read_progress(state))
+            else:
+                accelerator.load_state(str(state), **load_kwargs)
         except Exception as error:  # noqa: BLE001 - a state that fails to load is skipped like a partial one
             print(f"warning: training state {state} failed to load ({error}); trying an older one", file=sys.stderr)
             continue

@@ -46,10 +46,17 @@ def add_training_args(parser) -> None:
     parser.add_argument("--lora_rank", type=int, default=32)
     parser.add_argument("--num_epochs", type=int, default=3)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--save_steps", type=int, default=250, help="export a LoRA and save a resumable state every N steps")
+    parser.add_argument("--save_steps", type=int, default=250,
+                        help="export a LoRA and save a resumable state every N optimizer steps")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                        help="samples per process per optimizer step (global batch = processes x N)")
     parser.add_argument("--lora_checkpoint", default=None, help="warm-start from these LoRA weights (fresh optimizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
+    parser.add_argument("--allow_world_size_change", action="store_true",
+                        help="resume a state saved by another number of processes (the global batch changes)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="decode every clip before training, not only those changed since the last check")
     parser.add_argument("--cache_dir", default=None,
                         help="latent cache folder (default: <output_dir>/latent_cache; can be shared between runs)")
     parser.add_argument("--no_cache", action="store_true", help="encode every clip on the fly instead of caching")
@@ -62,6 +69,9 @@ def add_training_args(parser) -> None:
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
     parser.add_argument("--collective_timeout", type=int, default=600,
                         help="seconds a collective may wait, and a step may take, before a hung rank ends the run")
+    parser.add_argument("--report_to", choices=["tensorboard", "wandb", "all"], default="tensorboard",
+                        help="experiment trackers (accelerate's): TensorBoard in <output_dir>/tensorboard, W&B "
+                             "(run folder in <output_dir>/wandb; WANDB_MODE=offline works without network), or both")
     parser.add_argument("--val_dataset_root", default=None,
                         help="puzzle dataset root (either layout): generate + score held-out puzzles during training "
                              "(default: off)")
@@ -77,7 +87,8 @@ def add_training_args(parser) -> None:
 
 def check_training_numbers(args) -> None:
     check_video_shape(args.num_frames, args.height, args.width)
-    for name in ("lora_rank", "num_epochs", "save_steps", "keep_states", "collective_timeout"):
+    for name in ("lora_rank", "num_epochs", "save_steps", "gradient_accumulation_steps", "keep_states",
+                 "collective_timeout"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name} {getattr(args, name)} is invalid: it must be at least 1")
     if args.max_steps is not None and args.max_steps < 1:

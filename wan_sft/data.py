@@ -135,17 +135,18 @@ def read_training_csv(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def _check_video(video: str, num_frames: int | None, height: int, width: int,
-                 fit: str = DEFAULT_FIT) -> list[tuple[bool, str, str]]:
-    """(fatal, kind, reason) for one file; num_frames None accepts any length (prepare_csv --trim resamples it).
-    The end of a solution clip is its answer, so a clip longer than num_frames is refused like a short one."""
+def _check_video(video: str, num_frames: int | None, height: int, width: int, fit: str = DEFAULT_FIT,
+                 probe=probe_video) -> list[tuple[bool, str, str]]:
+    """(fatal, kind, reason) for one file; num_frames None accepts any length (prepare_csv --trim resamples it);
+    `probe` decodes it (ClipRecord.probe: only if it changed). The end of a solution clip is its answer, so a clip
+    longer than num_frames is refused like a short one."""
     file = Path(video)
     if not file.is_file():
         return [(True, "file not found", "file not found")]
     if file.stat().st_size == 0:
         return [(True, "empty file", "file is empty (0 bytes)")]
     try:
-        info = probe_video(file)
+        info = probe(file)
     except InputError as error:
         return [(True, "unreadable video", str(error).removeprefix(f"{file}: "))]
     if info.num_frames == 1:
@@ -174,12 +175,14 @@ def _check_video(video: str, num_frames: int | None, height: int, width: int,
 
 
 def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int,
-                  workers: int | None = None, fit: str = DEFAULT_FIT) -> tuple[list[Problem], list[Problem]]:
-    """Decode every video once, in parallel; return (fatal problems, warnings) in row order."""
+                  workers: int | None = None, fit: str = DEFAULT_FIT, record=None) -> tuple[list[Problem], list[Problem]]:
+    """Decode every video once, in parallel (with a ClipRecord: only new or changed ones); return (fatal problems,
+    warnings) in row order."""
+    probe = record.probe if record else probe_video
     videos = list(dict.fromkeys(sample.video for sample in samples))
     # Threads suffice: FFmpeg decodes outside the GIL, and no fork happens inside a training process.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(lambda video: _check_video(video, num_frames, height, width, fit), videos)
+        results = pool.map(lambda video: _check_video(video, num_frames, height, width, fit, probe), videos)
         findings = dict(zip(videos, tqdm(results, total=len(videos), desc="checking videos", unit="video",
                                          disable=len(videos) < PROGRESS_MIN_ITEMS)))
     fatal, warnings = [], []
@@ -190,11 +193,20 @@ def check_samples(samples: list[Sample], num_frames: int | None, height: int, wi
 
 
 def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int, width: int,
-                          max_warnings_shown: int = 10, fit: str = DEFAULT_FIT) -> list[Sample]:
-    """Everything training needs from the CSV, checked before any model is loaded."""
+                          max_warnings_shown: int = 10, recheck: bool = False,
+                          fit: str = DEFAULT_FIT) -> list[Sample]:
+    """Everything training needs from the CSV, checked before any model is loaded (decoding only the clips that
+    changed since the last check, unless recheck)."""
+    from .clip_record import ClipRecord, record_path
+
     check_video_shape(num_frames, height, width)
     samples = read_training_csv(path)
-    fatal, warnings = check_samples(samples, num_frames, height, width, fit=fit)
+    record = ClipRecord(record_path(path), recheck)
+    fatal, warnings = check_samples(samples, num_frames, height, width, fit=fit, record=record)
+    videos = {sample.video for sample in samples}
+    record.save(keep=videos)
+    print(f"clip check: {len(record.decoded)} of {len(videos)} clips decoded, {len(videos) - len(record.decoded)} "
+          f"unchanged since the last check ({record.path}{'; --recheck' if recheck else ''})", flush=True)
     for warning in warnings[:max_warnings_shown]:
         print(f"warning: {path} {warning}", file=sys.stderr)
     if len(warnings) > max_warnings_shown:

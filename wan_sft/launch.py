@@ -26,14 +26,14 @@ def visible_gpus() -> int:
     return torch.cuda.device_count()
 
 
-def accelerate_config(num_processes: int, use_gpu: bool) -> dict:
+def accelerate_config(num_processes: int, use_gpu: bool, gradient_accumulation_steps: int = 1) -> dict:
     """Single-node config; multi-node launches override machine count and rank on the command line."""
     common = dict(compute_environment="LOCAL_MACHINE", debug=False, num_machines=1, machine_rank=0,
                   num_processes=num_processes, rdzv_backend="static", same_network=True,
                   main_training_function="main", downcast_bf16="no", tpu_use_cluster=False, tpu_use_sudo=False)
     if use_gpu:
         return dict(common, distributed_type="DEEPSPEED", mixed_precision="bf16", use_cpu=False, gpu_ids="all",
-                    deepspeed_config=dict(zero_stage=2, gradient_accumulation_steps=1, offload_optimizer_device="none",
+                    deepspeed_config=dict(zero_stage=2, gradient_accumulation_steps=gradient_accumulation_steps, offload_optimizer_device="none",
                                           offload_param_device="none", zero3_init_flag=False,
                                           deepspeed_multinode_launcher="standard"))
     if num_processes == 1:
@@ -41,10 +41,11 @@ def accelerate_config(num_processes: int, use_gpu: bool) -> dict:
     return dict(common, distributed_type="MULTI_GPU", mixed_precision="no", use_cpu=False, gpu_ids="all")
 
 
-def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu: bool) -> Path:
+def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu: bool,
+                            gradient_accumulation_steps: int = 1) -> Path:
     from .fsutil import atomic_write
 
-    text = yaml.safe_dump(accelerate_config(num_processes, use_gpu), sort_keys=True)
+    text = yaml.safe_dump(accelerate_config(num_processes, use_gpu, gradient_accumulation_steps), sort_keys=True)
     if not use_gpu and num_processes > 1:
         text = "# CPU ranks: accelerate needs MULTI_GPU here plus ACCELERATE_USE_CPU=true (set by the launcher)\n" + text
     atomic_write(path, text)
@@ -65,7 +66,7 @@ def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
     return argv
 
 
-def validate(args: argparse.Namespace, world_size: int) -> None:
+def validate(args: argparse.Namespace) -> None:
     """Every check that needs no model: runs before anything is written, queued or loaded."""
     from .checkpoints import check_same_settings, run_fingerprint
     from .data import validate_training_csv
@@ -81,9 +82,9 @@ def validate(args: argparse.Namespace, world_size: int) -> None:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a directory")
-    samples = validate_training_csv(args.dataset, args.num_frames, args.height, args.width,
+    samples = validate_training_csv(args.dataset, args.num_frames, args.height, args.width, recheck=args.recheck,
                                     fit=args.fit)
-    check_same_settings(output_dir, run_fingerprint(args, world_size, len(samples)))
+    check_same_settings(output_dir, run_fingerprint(args, len(samples)))
     if args.val_dataset_root:
         from .validation import check_validation_split
 
@@ -110,9 +111,10 @@ def single_node(argv: list[str]) -> int:
         raise InputError(f"--num_gpus {args.num_gpus} is invalid: it must be at least 1")
     if gpus and num_processes > gpus:
         raise InputError(f"--num_gpus {num_processes} but only {gpus} GPUs are visible (CUDA_VISIBLE_DEVICES)")
-    validate(args, num_processes)
+    validate(args)
 
-    yaml_path = write_accelerate_config(CONFIG_FILE, num_processes, use_gpu=gpus > 0)
+    yaml_path = write_accelerate_config(CONFIG_FILE, num_processes, use_gpu=gpus > 0,
+                                        gradient_accumulation_steps=args.gradient_accumulation_steps)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(yaml_path),
                "--main_process_port", str(args.port), "-m", "wan_sft.train", *training_argv(args, num_processes)]
     if not gpus:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
+from .clip_record import ClipRecord, record_path
 from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
 from .fsutil import atomic_write
 from .geometry import DEFAULT_FIT, FITS, fit_image
@@ -219,7 +220,7 @@ def print_dataset_shapes(entries: list[Entry], height: int, width: int) -> None:
               f"pass the same size to training and evaluation)")
 
 
-def find_problems(entries: list[Entry], args: argparse.Namespace):
+def find_problems(entries: list[Entry], args: argparse.Namespace, record: ClipRecord):
     """(dropped: entry index -> (entry, kind, reason), warnings as (entry, kind, reason), entries to keep)."""
     dropped: dict[int, tuple[Entry, str, str]] = {}
     first_seen: dict[tuple[str, str], Entry] = {}
@@ -236,7 +237,7 @@ def find_problems(entries: list[Entry], args: argparse.Namespace):
     # With --trim any length works (None): the clip is resampled; only the geometry findings still matter.
     samples = [Sample(entry.video, entry.prompt, index) for index, entry in enumerate(entries) if index not in dropped]
     fatal, warnings = check_samples(samples, None if args.trim else args.num_frames, args.height, args.width,
-                                    args.workers, fit=args.fit)
+                                    args.workers, fit=args.fit, record=record)
     for problem in fatal:
         dropped[problem.row] = (entries[problem.row], problem.kind, problem.reason)
     warned = [(entries[p.row], p.kind, p.reason) for p in warnings
@@ -257,7 +258,8 @@ def prepare(args: argparse.Namespace) -> int:
     if args.val_count is not None or args.val_fraction is not None:
         entries, held_out = split_validation(entries, args.val_count, args.val_fraction, args.seed)
 
-    dropped, warned, kept = find_problems(entries, args)
+    record = ClipRecord(record_path(args.output))  # what decoding found, for the launch's check (clip_record.py)
+    dropped, warned, kept = find_problems(entries, args, record)
     for entry, _, reason in (dropped[index] for index in sorted(dropped)):
         print(f"dropped {entry.source} ({entry.video}): {reason}")
     for entry, _, reason in warned[:MAX_WARNINGS_SHOWN]:
@@ -276,6 +278,7 @@ def prepare(args: argparse.Namespace) -> int:
         clips = args.output.parent / f"{args.output.stem}_clips"
         videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.fit, args.workers)
     write_training_csv(args.output, [(videos[entry.video], entry.prompt) for entry in kept])
+    record.save()
     print(f"wrote {args.output} ({len(kept)} rows)")
     if held_out:
         val_file = args.output.parent / f"{args.output.stem}_val_ids.txt"

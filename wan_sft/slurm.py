@@ -250,7 +250,7 @@ def multi_node(argv: list[str]) -> int:
                              f"(sbatch --nodes={args.num_nodes} ... or drop --num_nodes)")
     check_multi_numbers(args)
     user_sbatch_args(args)
-    launch.validate(args, num_processes(args))
+    launch.validate(args)
     if args.dry_run:
         return dry_run(args)
     if in_allocation:
@@ -260,7 +260,8 @@ def multi_node(argv: list[str]) -> int:
 
 def write_files(args) -> None:
     Path(os.path.abspath(args.output_dir)).mkdir(parents=True, exist_ok=True)  # Slurm does not create --output's dir
-    launch.write_accelerate_config(config_path(args), num_processes(args), use_gpu=not args.cpu)
+    launch.write_accelerate_config(config_path(args), num_processes(args), use_gpu=not args.cpu,
+                                   gradient_accumulation_steps=args.gradient_accumulation_steps)
 
 
 def submit(args) -> int:

@@ -1,12 +1,15 @@
 """The training entry, started by `accelerate launch` on every rank (see launch.py). Reads top to bottom.
 
-Determinism: the sample order is a seeded permutation per epoch, rank r takes every world-th sample of it, and
-the noise/timestep draw is seeded from (seed, step, rank) just before the loss. So a run resumed from a saved
-state repeats exactly what the uninterrupted run would have done.
+Determinism: the sample order is a seeded permutation per epoch; an optimizer step takes the next
+processes x gradient_accumulation_steps samples of it (micro-step m of rank r takes the (m * processes + r)-th),
+and the noise/timestep draw is seeded from (seed, epoch, position in the order) just before the loss. So a run
+resumed from a saved state repeats exactly what the uninterrupted run would have done, and the same samples get
+the same noise whatever the number of processes.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import signal
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache, checkpoints, config
+from . import cache, checkpoints, config, portable_state
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fsutil import WriteFailed, append_line, atomic_write
@@ -92,14 +95,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def noise_seed(seed: int, epoch: int, position: int) -> int:
+    """The timestep/noise draw of the sample at this position of this epoch's order."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + position) % 2**63
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_launcher()
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
 
+    trackers = ["tensorboard", "wandb"] if args.report_to == "all" else [args.report_to]
+    logging_dir = str(Path(args.output_dir) / "tensorboard")
     collective_timeout = timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE)  # after the step watchdog's
-    accelerator = Accelerator(log_with="tensorboard", project_dir=args.output_dir,
+    accelerator = Accelerator(log_with=trackers, project_config=ProjectConfiguration(args.output_dir, logging_dir),
+                              gradient_accumulation_steps=args.gradient_accumulation_steps,
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=collective_timeout)])
     if accelerator.num_processes != args.expected_world_size:
         raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
@@ -108,13 +119,13 @@ def main(argv=None) -> int:
     rank, world = accelerator.process_index, accelerator.num_processes
     output_dir = Path(args.output_dir)
 
-    # Data: a seeded permutation per epoch; rank r takes positions r, r+world, ... (wrapping for the last step).
+    # Data: a seeded permutation per epoch, batch (= world x accumulation) samples of it per optimizer step.
     samples = read_training_csv(args.dataset)
-    fingerprint = checkpoints.run_fingerprint(args, world, len(samples))
+    fingerprint = checkpoints.run_fingerprint(args, len(samples))
     checkpoints.check_same_settings(output_dir, fingerprint)  # before anything loads (the launcher checked too)
     dataset = ClipDataset(samples, args.num_frames, args.height, args.width, args.fit)
-    steps_per_epoch = math.ceil(len(samples) / world)
-    total_steps = min(args.num_epochs * steps_per_epoch, args.max_steps or sys.maxsize)
+    accumulation = args.gradient_accumulation_steps
+    batch = world * accumulation
 
     # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32. With the latent
     # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them
@@ -122,17 +133,17 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
     device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
     if not args.no_cache:
-        cache_paths = cache.entry_paths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
-                                        args.height, args.width, locate_model_files(args.model_base_path), dtype,
-                                        args.fit)
-        my_missing = cache.missing_entries(cache_paths, rank, world)
+        cache_paths = cache.EntryPaths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
+                                       args.height, args.width, locate_model_files(args.model_base_path), dtype,
+                                       args.fit)
+        my_missing, texts_missing, present_bytes = cache.missing_entries(cache_paths, rank, world)
     need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
     pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
     pipe.scheduler.set_timesteps(1000, training=True)
     model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
     validator = TaskValidator(args, accelerator, pipe) if args.val_dataset_root else None
     if not args.no_cache:
-        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing)
+        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing, texts_missing, present_bytes)
         model.drop_encoders()
         if validator:
             validator.offload_text_encoder()
@@ -151,11 +162,14 @@ def main(argv=None) -> int:
     configure_blocks(pipe.dit, checkpointed, compile_blocks=compiled)
     accelerator.print(f"DiT: {checkpointed} of {len(pipe.dit.blocks)} blocks checkpointed, "
                       f"{'compiled' if compiled else 'eager'}")
-    optimizer = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)  # DiffSynth's schedule: lr/3 for 5 steps, then lr
+    optimizer = adamw = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
+    # DiffSynth's schedule: lr/3 for 5 steps, then lr. Stepped here once per optimizer step (accelerate would step
+    # it once per process under DDP, and DeepSpeed once per step), so it is counted in optimizer steps everywhere.
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     if deepspeed:
         configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     if deepspeed:
         from deepspeed.utils import safe_get_full_fp32_param as full_param
         save_kwargs, load_kwargs = dict(exclude_frozen_parameters=True), dict(load_module_strict=False)
@@ -164,26 +178,58 @@ def main(argv=None) -> int:
         accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
 
     # Resume from the newest complete state, if any.
-    progress = (checkpoints.resume(accelerator, output_dir, fingerprint, **load_kwargs)
+    def load_state(state: Path, saved: checkpoints.Progress) -> None:
+        saved_shape = (saved.world_size, saved.gradient_accumulation_steps)
+        if saved_shape == (world, accumulation):
+            accelerator.load_state(str(state), **load_kwargs)
+            return
+        change = (f"{world} processes x {accumulation} accumulation steps instead of {saved_shape[0]} x "
+                  f"{saved_shape[1]}: global batch {batch} samples per optimizer step instead of "
+                  f"{saved_shape[0] * saved_shape[1]}")
+        if not args.allow_world_size_change:
+            raise SystemExit(f"error: {state} was saved by {saved_shape[0]} processes x {saved_shape[1]} accumulation "
+                             f"steps; to continue it with {change}, rerun with --allow_world_size_change (or use "
+                             f"{saved_shape[0]} processes and --gradient_accumulation_steps {saved_shape[1]})")
+        portable_state.load(state / portable_state.FILE, accelerator.unwrap_model(model).dit, adamw, scheduler,
+                            deepspeed)
+        accelerator.print(f"resuming with {change} (--allow_world_size_change); epoch {saved.epoch} continues from "
+                          f"sample {saved.sample_in_epoch} of {len(samples)}", flush=True)
+
+    progress = (checkpoints.resume(accelerator, output_dir, fingerprint, load=load_state)
                 or checkpoints.Progress(run_fingerprint=fingerprint))
+    progress.world_size, progress.gradient_accumulation_steps = world, accumulation
+    steps_per_epoch = math.ceil(len(samples) / batch)
+    steps_left = (math.ceil((len(samples) - progress.sample_in_epoch) / batch)
+                  + (args.num_epochs - progress.epoch - 1) * steps_per_epoch) if progress.epoch < args.num_epochs else 0
+    total_steps = min(progress.global_step + steps_left, args.max_steps or sys.maxsize)
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(output_dir / "training_args.json", json.dumps(vars(args), indent=1))
         _truncate_log(log_path, progress.global_step)  # steps after the resumed state will be redone
-        accelerator.init_trackers("tensorboard")
+        # One W&B run per output folder: a resumed run continues it.
+        wandb_run = dict(dir=str(output_dir), name=output_dir.resolve().name, resume="allow", config=vars(args),
+                         id=hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16])
+        accelerator.init_trackers("wan_sft", init_kwargs={"wandb": wandb_run})
         if progress.global_step:
             print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
-                  f"sample {progress.step_in_epoch * world} of {len(samples)})", flush=True)
+                  f"sample {progress.sample_in_epoch} of {len(samples)})", flush=True)
     if validator:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
     watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, checkpoints.states_dir(output_dir))
+    saved_step = progress.global_step  # the newest complete state's step (0: none)
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
 
     def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
         return lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
+
+    def save_state():  # collective; returns the step saved
+        portable = portable_state.gather(accelerator.unwrap_model(model).dit, adamw, scheduler, deepspeed)
+        checkpoints.save(accelerator, output_dir, progress, args.keep_states,
+                         extra_files={portable_state.FILE: portable}, **save_kwargs)
+        return progress.global_step
 
     def save_lora(name):
         state = current_lora()
@@ -192,17 +238,46 @@ def main(argv=None) -> int:
 
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + progress.epoch)).tolist()
-        positions = range(progress.step_in_epoch * world + rank, steps_per_epoch * world, world)
-        for sample in _prefetched(dataset, [order[p % len(samples)] for p in positions]):
+        step_starts = range(progress.sample_in_epoch, len(samples), batch)
+        # This rank's positions; those past the end (last step of an epoch) are computed with zero weight.
+        positions = [start + m * world + rank for start in step_starts for m in range(accumulation)]
+        prefetched = _prefetched(dataset, [order[p % len(samples)] for p in positions])
+        for start in step_starts:
             started = time.perf_counter()
-            loss = model(sample, noise_seed=(args.seed * 1_000_003 + progress.global_step) * 4099 + rank)
-            accelerator.backward(loss)
-            optimizer.step()
+            step_samples, broken = [], None
+            try:  # the whole step's samples first: a broken cache entry stops every rank before any collective
+                step_samples = [next(prefetched) for _ in range(accumulation)]
+            except cache.CacheEntryError as error:
+                broken = error
+                broken.path.unlink(missing_ok=True)  # so that the rerun's start scan encodes it again
+            if _any_rank(accelerator, broken is not None):
+                bar.close()
+                if progress.global_step > saved_step:
+                    save_state()
+                if broken:
+                    saved = (f"state saved at step {progress.global_step} in {checkpoints.states_dir(output_dir)}"
+                             if progress.global_step else "no step was done yet")
+                    print(f"error: {broken}; it changed after training started (another job writing the same "
+                          f"--cache_dir?); removed it; {saved}; rerun the same command: it encodes the entry again "
+                          f"and resumes",
+                          file=sys.stderr, flush=True)
+                accelerator.end_training()
+                return 1
+            loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
+            for position, sample in zip(positions[:accumulation], step_samples):
+                weight = float(position < len(samples))
+                with accelerator.accumulate(model):
+                    loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
+                    accelerator.backward(loss * weight)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                loss_sum += torch.stack([loss.detach().float() * weight, torch.tensor(weight, device=loss.device)])
+            positions = positions[accumulation:]
             scheduler.step()
-            optimizer.zero_grad()
             progress.global_step += 1
-            progress.step_in_epoch += 1
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
+            progress.sample_in_epoch = min(start + batch, len(samples))
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum") if world > 1 else loss_sum
+            mean_loss = (loss_sum[0] / loss_sum[1]).item()
             if diverged := _divergence(mean_loss, lora_params):
                 bar.close()
                 accelerator.print(f"error: training diverged at step {progress.global_step} ({diverged}); nothing of "
@@ -213,16 +288,17 @@ def main(argv=None) -> int:
             lr = scheduler.get_last_lr()[0]
             if accelerator.is_main_process:
                 record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
-                              step_seconds=time.perf_counter() - started)
+                              step_seconds=time.perf_counter() - started,
+                              samples=order[start:progress.sample_in_epoch])  # dataset rows of this step (0-based)
                 if torch.cuda.is_available():
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 append_line(log_path, json.dumps(record))
                 accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
                 bar.update(1)
-            end_of_epoch = progress.step_in_epoch == steps_per_epoch
+            end_of_epoch = progress.sample_in_epoch == len(samples)
             if end_of_epoch:
-                progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+                progress.epoch, progress.sample_in_epoch = progress.epoch + 1, 0
             stopping = stop.agreed(accelerator)
             if progress.global_step % args.save_steps == 0:
                 save_lora(f"step-{progress.global_step}")
@@ -232,7 +308,7 @@ def main(argv=None) -> int:
                 with watchdog.paused():
                     validator.run(progress.global_step, current_lora)
             if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
-                checkpoints.save(accelerator, output_dir, progress, args.keep_states, **save_kwargs)
+                saved_step = save_state()
             watchdog.step_finished(progress.global_step)
             if stopping:
                 watchdog.stop()
@@ -279,6 +355,12 @@ def _divergence(mean_loss: float, lora_params) -> str | None:
     if not torch.isfinite(torch.nn.utils.get_total_norm([p.detach() for p in lora_params])):
         return "the LoRA weights' norm is inf/NaN"
     return None
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """Collective: whether any rank's flag is set."""
+    flag = torch.tensor([int(flag)], device=accelerator.device)
+    return bool((accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag).item())
 
 
 def _die_with_launcher() -> None:
