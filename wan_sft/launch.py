@@ -87,7 +87,7 @@ def validate(args: argparse.Namespace) -> None:
         check_validation_split(args)
 
 
-def single_node(argv: list[str]) -> int:
+def single_node_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_single_node.sh", description="LoRA-train Wan2.2-TI2V-5B on this node.")
     config.add_training_args(parser)
     parser.add_argument("--num_gpus", type=int, default=None,
@@ -96,6 +96,11 @@ def single_node(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)))
     parser.add_argument("--demo", action="store_true",
                         help="train the tiny model on generated mazes under ./demo (CPU, a few minutes)")
+    return parser
+
+
+def single_node(argv: list[str]) -> int:
+    parser = single_node_parser()
     args = parser.parse_args(argv)
     if args.demo:
         from .demo import demo_training_args
