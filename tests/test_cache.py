@@ -5,8 +5,7 @@ import shutil
 
 import torch
 
-from conftest import REPO, run_script
-from test_train import SIZE, assert_same_lora, curve, free_port
+from conftest import REPO, SIZE, assert_same_lora, curve, free_port, run_script
 from wan_sft import cache
 from wan_sft.data import read_training_csv
 from wan_sft.model_files import locate_model_files

@@ -2,46 +2,21 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
-
-SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+from conftest import REPO, SIZE, assert_same_lora, curve, free_port, losses, run_script
 
 
 def train_command(demo, output_dir, *extra):
     return ["bash", str(REPO / "train_single_node.sh"), "--dataset", str(demo["csv"]), "--output_dir", str(output_dir),
             "--model_base_path", str(demo["model"]), "--num_gpus", "2", "--lora_rank", "4", "--num_epochs", "3",
             "--save_steps", "2", "--port", free_port(), *SIZE, *extra]
-
-
-def losses(output_dir):
-    return [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
-
-
-def curve(output_dir):
-    return [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in losses(output_dir)]
-
-
-def assert_same_lora(a, b):
-    first, second = load_file(str(a)), load_file(str(b))
-    assert first.keys() == second.keys() and len(first) > 0
-    for key in first:
-        assert torch.equal(first[key], second[key]), key
 
 
 @pytest.fixture(scope="module")
