@@ -273,7 +273,7 @@ def prepare(args: argparse.Namespace) -> int:
 
     videos = {entry.video: entry.video for entry in kept}
     if args.trim:
-        clips = args.output.parent / f"{args.output.stem}_clips"
+        clips = Path(os.path.abspath(args.output)).parent / f"{args.output.stem}_clips"  # the CSV holds absolute paths
         videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.fit, args.workers)
     write_training_csv(args.output, [(videos[entry.video], entry.prompt) for entry in kept])
     print(f"wrote {args.output} ({len(kept)} rows)")
