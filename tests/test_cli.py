@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO
 from wan_sft import evaluation, inference, launch, slurm
+from wan_sft.config import InputError
 from wan_sft.demo import refuse_flags_the_demo_sets
 
 ENVIRONMENT = ("environment: MODEL_BASE_PATH the Wan2.2-TI2V-5B folder: the default of --model_base_path "
@@ -103,7 +104,8 @@ def test_demo_refuses_the_flags_it_sets(tmp_path, monkeypatch, capsys):
                                        "model on the demo puzzles): leave them out, or run without --demo\n")
     assert list(tmp_path.iterdir()) == []  # refused before the demo data is written
     parser = launch.single_node_parser()
-    with pytest.raises(Exception, match=r"^--demo sets --num_epochs itself"):  # an abbreviation is the flag too
+    with pytest.raises(InputError, match=r"^--demo sets --num_epochs itself \(the tiny model on the demo puzzles\): "
+                                         r"leave it out, or run without --demo$"):  # an abbreviation is the flag too
         refuse_flags_the_demo_sets(parser, ["--demo", "--num_ep", "2"], ["num_epochs", "lora_rank"])
     # What the demo leaves to the user is accepted.
     refuse_flags_the_demo_sets(parser, ["--demo", "--num_gpus", "1", "--max_steps", "2", "--seed", "3"],

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SIZE
 from wan_sft import launch, slurm
 from wan_sft.config import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
-SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
 # 8 demo rows, 2 ranks: 4 steps per epoch, 24 steps (room to signal mid-run); a state and a LoRA every 2 steps
 TOTAL_STEPS = 24
 TRAIN_FLAGS = [*SIZE, "--lora_rank", "4", "--num_epochs", str(TOTAL_STEPS // 4), "--save_steps", "2"]
