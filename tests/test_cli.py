@@ -48,7 +48,8 @@ TRAINING_DEFAULTS = ["--num_frames NUM_FRAMES frames per clip: 4k+1 (default: 81
         "inference and evaluation fuse them into the DiT (default: none, the base model alone)",
         "--num_inference_steps NUM_INFERENCE_STEPS denoising steps (default: 50)",
         "--cfg_scale CFG_SCALE classifier-free guidance (1 disables it) (default: 5.0)",
-        "--fps FPS frame rate written into the mp4 (default: 16)", "--width WIDTH pixels, a multiple of 32 (default: 480)",
+        "--fps FPS frame rate written into the mp4 (default: 16)",
+        "--width WIDTH pixels, a multiple of 32 (default: 480)",
         ENVIRONMENT + " " + OFFLINE, "Each run writes --output and its _last.png anew: there is nothing to resume."]),
     ([sys.executable, "parallel_eval.py"], [
         "usage: parallel_eval.py ", "--output_dir OUTPUT_DIR per-item outputs, results, summary, report (default: "
@@ -66,7 +67,8 @@ TRAINING_DEFAULTS = ["--num_frames NUM_FRAMES frames per clip: 4k+1 (default: 81
         "maze_square)", "--num NUM puzzles to write (default: 100)", "--grid GRID maze size in cells: an int or a "
         "range a..b (mazes only) (default: 5..9)", "--width WIDTH canvas and video width in pixels (default: 512)",
         "--fps FPS frame rate of the solution videos (default: 16)",
-        "environment: none needed (no model is loaded). Nothing to resume: the same flags write the same bytes again."]),
+        "environment: none needed (no model is loaded). Nothing to resume: the same flags write the same bytes "
+        "again."]),
 ])
 def test_help_shows_defaults_environment_and_resuming(command, lines):
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MODEL_BASE_PATH")}

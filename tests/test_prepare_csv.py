@@ -218,8 +218,9 @@ def test_trim_writes_absolute_paths_for_a_relative_output(tmp_path, capsys, monk
     code, _, _ = run(capsys, "--csv", "in.csv", "--output", "data/out.csv", "--trim", "--num_frames", "9",
                      "--height", "32", "--width", "64")
     assert code == 0
-    assert (tmp_path / "data/out.csv").read_text() == f'"video","prompt"\n"{tmp_path}/data/out_clips/000001_clip.mp4","a"\n'
-    assert (tmp_path / "data/out_clips/000001_clip.mp4").is_file()
+    trimmed = tmp_path / "data/out_clips/000001_clip.mp4"
+    assert (tmp_path / "data/out.csv").read_text() == f'"video","prompt"\n"{trimmed}","a"\n'
+    assert trimmed.is_file()
 
 
 def test_val_split_is_deterministic_and_disjoint(tmp_path, capsys):
