@@ -1,9 +1,16 @@
-"""Selective checkpointing: same numbers as DiffSynth's all-or-nothing, same parameter names (LoRA keys)."""
+"""Selective checkpointing: same numbers as DiffSynth's all-or-nothing, same parameter names (LoRA keys); how many
+blocks to checkpoint; the FLOP counts of the benches."""
+from types import SimpleNamespace
+
+import pytest
 import torch
 
-from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, video_tokens
+from wan_sft.acceleration import (auto_checkpoint_blocks, blocks_to_checkpoint, configure_blocks, dit_forward_flops,
+                                  dit_training_flops, video_tokens)
 from wan_sft.lora import add_lora
-from wan_sft.model_files import load_pipeline
+from wan_sft.model_files import DIT_TINY, load_pipeline
+
+GiB = 2**30
 
 
 def test_video_tokens_of_the_default_size():
@@ -40,3 +47,56 @@ def test_checkpointing_any_number_of_blocks_gives_the_same_gradients(tiny_model)
     configure_blocks(pipe.dit, 1, compile_blocks=False)  # reconfiguring starts from the plain forward
     assert [getattr(b.forward, "func", None) is checkpoint for b in pipe.dit.blocks] == [True, False]
     assert auto_checkpoint_blocks(pipe.dit, 9, 160, 96, torch.device("cpu"), compiled=False) == 2  # CPU: all
+
+
+# 5B at the defaults: 8820 tokens, dim 3072, 30 blocks, 10 GiB of weights -> 15 GiB for weights, LoRA and Adam.
+# A compiled block keeps 8820 * 200 KiB = 1_806_336_000 bytes of activations, an eager one 1.6x = 2_890_137_600.
+@pytest.mark.parametrize("card_gib, weight_gib, dim, blocks, compiled, expected", [
+    (141, 10, 3072, 30, True, 4),     # budget 60 GiB (not 80% = 112.8): 45 GiB / 1.806e9 = 26.7 -> 26 free
+    (80, 10, 3072, 30, True, 4),      # 80% = 64 GiB > 60 GiB: still 60
+    (141, 10, 3072, 30, False, 14),   # eager: 45 GiB / 2.890e9 = 16.7 -> 16 free
+    (48, 10, 3072, 30, True, 17),     # 80% = 38.4 GiB: 23.4 GiB / 1.806e9 = 13.9 -> 13 free
+    (24, 10, 3072, 30, True, 28),     # 80% = 19.2 GiB: 4.2 GiB / 1.806e9 = 2.5 -> 2 free
+    (16, 10, 3072, 30, True, 30),     # 80% = 12.8 GiB < 15 GiB of weights: every block
+    (141, 10, 1536, 60, True, 7),     # half the width, half the activations: 45 GiB / 0.903e9 = 53.5 -> 53 free
+    (141, 10, 1536, 30, True, 0),     # more room than blocks: none
+])
+def test_blocks_to_checkpoint(card_gib, weight_gib, dim, blocks, compiled, expected):
+    assert blocks_to_checkpoint(weight_gib * GiB, 8820, dim, blocks, card_gib * GiB, compiled) == expected
+
+
+def test_auto_checkpoint_blocks_reads_the_cards_memory(monkeypatch):
+    from diffsynth.models.wan_video_dit import WanModel
+
+    dit = WanModel(**DIT_TINY)  # 2 blocks; a few hundred KB of weights
+    cards = []
+
+    def properties(device):
+        cards.append(device)
+        return SimpleNamespace(total_memory=card_bytes)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    card_bytes = 80 * GiB
+    assert auto_checkpoint_blocks(dit, 81, 896, 480, torch.device("cuda", 1), compiled=True) == 0
+    card_bytes = 2**20  # 1 MiB: nothing fits
+    assert auto_checkpoint_blocks(dit, 81, 896, 480, torch.device("cuda", 1), compiled=True) == 2
+    assert cards == [torch.device("cuda", 1)] * 2
+    assert auto_checkpoint_blocks(dit, 81, 896, 480, torch.device("cpu"), compiled=True) == 2 and len(cards) == 2
+
+
+def test_flops_of_a_small_dit_by_hand():
+    """DIT_TINY: dim 64, ffn 128, 2 blocks. Per block the video tokens meet self q,k,v,o, cross q,o (6 x 64x64) and
+    ffn.0, ffn.2 (2 x 64x128): 40_960 weights; the context meets cross k,v: 8_192."""
+    from diffsynth.models.wan_video_dit import WanModel
+
+    dit = WanModel(**DIT_TINY)
+    tokens, context = 12, 8
+    linears = 2 * tokens * 2 * 40_960 + 2 * context * 2 * 8_192  # 1_966_080 + 262_144
+    attention = 2 * 4 * tokens * (tokens + context) * 64          # 122_880
+    assert dit_forward_flops(dit, tokens, context) == linears + attention == 2_351_104
+    # + input gradients of the video linears (1_966_080) + attention backward (2 x 122_880) + 1 of 2 blocks again
+    assert dit_training_flops(dit, tokens, 0, context) == 2_351_104 + 1_966_080 + 245_760 == 4_562_944
+    assert dit_training_flops(dit, tokens, 1, context) == 4_562_944 + 2_351_104 / 2 == 5_738_496
+    assert dit_forward_flops(dit, tokens) == 2 * tokens * 81_920 + 2 * 512 * 16_384 + 8 * tokens * (tokens + 512) * 64
+    add_lora(dit, 4)  # LoRA is not counted; the wrapped base linears still are
+    assert dit_forward_flops(dit, tokens, context) == 2_351_104

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, run_script
-from test_train import SIZE, assert_same_lora, curve, free_port, train_command, uninterrupted  # noqa: F401
+from conftest import REPO, SIZE, assert_same_lora, curve, free_port, run_script, train_command
+from test_train import uninterrupted  # noqa: F401 (a fixture)
 from wan_sft import cache
 from wan_sft.data import ClipDataset, read_training_csv
 from wan_sft.model_files import locate_model_files

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, free_port, losses, run_script, train_command
 from test_evaluation import W, H, FRAMES  # noqa: F401 - the tiny puzzle size
-from test_train import free_port, losses, train_command
 
 
 @contextlib.contextmanager

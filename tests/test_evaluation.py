@@ -1,9 +1,11 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -233,25 +235,42 @@ def test_shards_and_merge_equal_one_run(uninterrupted, dataset, tiny_model, tmp_
 
 
 def test_worker_killed_midway_is_reported(dataset, tiny_model, tmp_path):
-    """SIGKILL one worker: the other finishes the queue; the lost item is named and the exit code is 1."""
+    """SIGKILL one worker while both are busy: the other finishes every other item; the lost item is named with the
+    worker in the log, the error lines and summary.json, and the exit code is 1."""
     output_dir = tmp_path / "eval"
     process = subprocess.Popen(_command(dataset, tiny_model, output_dir), cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=ENV)
+    out_lines = []  # the workers' log (tqdm.write: stdout)
+    reader = threading.Thread(target=lambda: out_lines.extend(process.stdout), daemon=True)
+    reader.start()
     deadline = time.time() + 120
-    while not _item_jsons(output_dir) and time.time() < deadline:
+    # Both workers loaded (so each holds an item: 6 items, 2 workers) and one item done.
+    while not (_item_jsons(output_dir) and "".join(out_lines).count(": pipeline loaded") == 2) and \
+            time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 2
     os.kill(int(workers[0]), signal.SIGKILL)
-    out, err = process.communicate(timeout=120)
-    finished = len(_item_jsons(output_dir))
-    if finished == 6:  # the worker was between items: nothing lost
-        assert process.returncode == 0
+    err = process.stderr.read()
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(out_lines)
+    results = _results(output_dir)
+    # The survivor wrote the last item (at least 4 were left when the other died): the killed one is the other.
+    last = max(Path(output_dir).glob("*/*.json"), key=lambda path: path.stat().st_mtime_ns)
+    survivor = json.loads(last.read_text())["worker"]
+    killed = ({"cpu0", "cpu1"} - {survivor}).pop()
+    (lost,) = re.findall(rf"{killed}: died \(exit code -9\) while on (\S+)\n", out)  # the log line, once
+    finished = {f"{r['task']}/{r['id']}" for r in results}
+    assert set(_keys(dataset)) - {lost} <= finished  # every other item finished
+    summary = json.loads((output_dir / "summary.json").read_text())
+    if lost in finished:  # killed after writing an item, before it was handed the next: nothing lost
+        assert process.returncode == 0 and summary["unfinished"] == {} and "unfinished" not in err
     else:
-        assert process.returncode == 1 and "puzzles unfinished" in err and "died (exit code -9)" in err
-        summary = json.loads((output_dir / "summary.json").read_text())
-        assert len(summary["unfinished"]) == 6 - finished
+        why = f"{killed} died (exit code -9) while generating it"
+        assert process.returncode == 1 and summary["unfinished"] == {lost: why}
+        assert f"error: 1 puzzles unfinished (rerun the same command to do just these):\n  {lost}: {why}\n" in err
 
 
 # ---------------------------------------------------------------- the leaderboard's columns, from candidate videos

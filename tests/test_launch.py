@@ -47,6 +47,7 @@ def with_flag(args, flag, value):
     ("--lora_rank", "0", "error: --lora_rank 0 is invalid: it must be at least 1"),
     ("--collective_timeout", "0", "error: --collective_timeout 0 is invalid: it must be at least 1"),
     ("--lora_checkpoint", "/nonexistent/lora.safetensors", "error: /nonexistent/lora.safetensors: LoRA file not found"),
+    ("--lora_path", "/nonexistent/lora.safetensors", "error: /nonexistent/lora.safetensors: LoRA file not found"),
     ("--model_base_path", "/nonexistent", "error: MODEL_BASE_PATH /nonexistent is not a directory"),
     ("--dataset", "/nonexistent.csv", "/nonexistent.csv"),
 ])

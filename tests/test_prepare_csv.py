@@ -211,6 +211,18 @@ def test_trim_resamples_whole_clip_to_exact_shape(tmp_path, capsys):
         assert np.abs(trimmed[-1] - expected[1]).max() <= 3
 
 
+def test_trim_writes_absolute_paths_for_a_relative_output(tmp_path, capsys, monkeypatch):
+    clip = make_video(tmp_path / "clip.mp4", num_frames=9, width=64, height=32)
+    (tmp_path / "in.csv").write_text(f"video,prompt\n{clip},a\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, "--csv", "in.csv", "--output", "data/out.csv", "--trim", "--num_frames", "9",
+                     "--height", "32", "--width", "64")
+    assert code == 0
+    trimmed = tmp_path / "data/out_clips/000001_clip.mp4"
+    assert (tmp_path / "data/out.csv").read_text() == f'"video","prompt"\n"{trimmed}","a"\n'
+    assert trimmed.is_file()
+
+
 def test_val_split_is_deterministic_and_disjoint(tmp_path, capsys):
     root = make_dataset_root(tmp_path / "root", per_task=5)
     outputs = []

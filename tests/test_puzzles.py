@@ -126,7 +126,8 @@ def test_validation_and_cli(tmp_path, capsys):
         generate_maze_task(tmp_path, 1, (3,), width=30, height=H, num_frames=FRAMES)
     with pytest.raises(InputError, match=r"^--num_frames 1 is invalid: a solution video needs at least 2 frames$"):
         generate_maze_task(tmp_path, 1, (5,), width=W, height=H, num_frames=1)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"^--grid 20 does not fit a 96x160 canvas: cells would be 2 px \(need >= 8; "
+                                         r"use a smaller --grid or a larger canvas\)$"):
         generate_maze_task(tmp_path, 1, (20,), width=W, height=H, num_frames=FRAMES)
     assert parse_grid("5..9") == [5, 6, 7, 8, 9] and parse_grid("7") == [7]
     assert main_generate(["--out", str(tmp_path), "--grid", "x"]) == 2

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from wan_sft import slurm
+from conftest import SIZE
+from wan_sft import launch, slurm
 from wan_sft.config import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "tests" / "slurm"
-SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
 # 8 demo rows, 2 ranks: 4 steps per epoch, 24 steps (room to signal mid-run); a state and a LoRA every 2 steps
 TOTAL_STEPS = 24
 TRAIN_FLAGS = [*SIZE, "--lora_rank", "4", "--num_epochs", str(TOTAL_STEPS // 4), "--save_steps", "2"]
@@ -93,29 +93,18 @@ def test_node_env_reads_this_tasks_rank():
 
 
 def test_defaults_match_single_node_except_output_dir():
-    single = argparse_defaults(launch_single_parser())
-    multi_defaults = argparse_defaults(slurm.parser())
-    for name, value in single.items():
-        if name in ("num_gpus", "port", "demo", "help"):
-            continue
-        expected = "./output/wan_lora_multi" if name == "output_dir" else value
-        assert multi_defaults[name] == expected, name
-
-
-def launch_single_parser():
-    """single_node builds its parser inline: rebuild it the same way for the defaults."""
-    import argparse
-
-    from wan_sft import config
-
-    parser = argparse.ArgumentParser()
-    config.add_training_args(parser)
-    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"))
-    return parser
-
-
-def argparse_defaults(parser):
-    return {a.dest: a.default for a in parser._actions}
+    """The real parsers: every flag of train_single_node.sh but its own launch flags is in train_multi_node.sh with
+    the same spelling, type, choices, help and default, except --output_dir's default."""
+    single = {action.dest: action for action in launch.single_node_parser()._actions}
+    multi_actions = {action.dest: action for action in slurm.parser()._actions}
+    own = {"num_gpus", "demo", "port"}  # single-node only; multi-node's --port defaults to one from the job id
+    assert set(single) - set(multi_actions) == own - {"port"}
+    for name in sorted(set(single) - own):
+        fields = ("option_strings", "type", "choices", "nargs", "const", "required", "help")
+        assert [getattr(multi_actions[name], f) for f in fields] == [getattr(single[name], f) for f in fields], name
+        expected = "./output/wan_lora_multi" if name == "output_dir" else single[name].default
+        assert multi_actions[name].default == expected, name
+    assert single["output_dir"].default == "./output/wan_lora"
 
 
 @pytest.mark.parametrize("cpu", [False, True])

@@ -1,6 +1,5 @@
 """--report_to through accelerate's trackers: TensorBoard by default, W&B in offline mode (no network) or both."""
-from conftest import run_script
-from test_train import train_command
+from conftest import run_script, train_command
 
 
 def test_report_to_all_writes_tensorboard_events_and_an_offline_wandb_run(demo_data, tmp_path):

@@ -2,46 +2,15 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
-
-SIZE = ["--num_frames", "9", "--height", "160", "--width", "96"]
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def train_command(demo, output_dir, *extra):
-    return ["bash", str(REPO / "train_single_node.sh"), "--dataset", str(demo["csv"]), "--output_dir", str(output_dir),
-            "--model_base_path", str(demo["model"]), "--num_gpus", "2", "--lora_rank", "4", "--num_epochs", "3",
-            "--save_steps", "2", "--port", free_port(), *SIZE, *extra]
-
-
-def losses(output_dir):
-    return [json.loads(line) for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines()]
-
-
-def curve(output_dir):
-    return [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in losses(output_dir)]
-
-
-def assert_same_lora(a, b):
-    first, second = load_file(str(a)), load_file(str(b))
-    assert first.keys() == second.keys() and len(first) > 0
-    for key in first:
-        assert torch.equal(first[key], second[key]), key
+from conftest import REPO, assert_same_lora, curve, free_port, losses, run_script, run_until_state, train_command
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +52,6 @@ def test_exported_lora_fuses_into_the_pipeline(uninterrupted, demo_data):
     before = pipe.dit.blocks[0].self_attn.q.weight.clone()
     assert fuse_lora(pipe, uninterrupted[0] / "out" / "final.safetensors") == 2 * 10  # 2 blocks x 10 layers
     assert not torch.equal(before, pipe.dit.blocks[0].self_attn.q.weight)
-
-
-def run_until_state(command, workdir, state_dir, sig):
-    """Start training, wait for its first complete state, send `sig` to the whole process tree."""
-    process = subprocess.Popen(command, cwd=workdir, env={**os.environ, "PYTHON": sys.executable},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not (state_dir / "step-00000002" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
-        time.sleep(0.02)
-    os.killpg(process.pid, sig)
-    output, _ = process.communicate(timeout=120)
-    return process.returncode, output
 
 
 def test_sigkill_after_a_save_then_rerun_is_bitwise_identical(uninterrupted, demo_data, tmp_path):

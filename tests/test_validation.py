@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script
-from test_train import assert_same_lora, free_port, losses
+from conftest import REPO, assert_same_lora, free_port, losses, run_script
 from tests.browser import chromium, watch
 from wan_sft.data import Sample
 from wan_sft.evaluation import find_items

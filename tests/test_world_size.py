@@ -4,8 +4,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import run_script
-from test_train import losses, train_command
+from conftest import losses, run_script, train_command
 
 ROWS = 8  # the demo CSV's training rows
 

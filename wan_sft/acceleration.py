@@ -59,18 +59,27 @@ def dit_training_flops(dit, tokens: int, checkpointed_blocks: int, context_token
     return forward + input_gradients + 2 * attention + forward * checkpointed_blocks / len(dit.blocks)
 
 
+def blocks_to_checkpoint(weight_bytes: int, tokens: int, dim: int, blocks: int, card_bytes: int,
+                         compiled: bool) -> int:
+    """How many of `blocks` must be checkpointed so that 1.5x the DiT's weight bytes plus the activations of the
+    other blocks fit in min(60 GiB, 80% of the card)."""
+    budget = min(TRAINING_MEMORY_BUDGET, 0.8 * card_bytes)
+    base = 1.5 * weight_bytes
+    per_block = tokens * ACTIVATION_BYTES_PER_TOKEN * dim / 3072
+    per_block *= 1 if compiled else EAGER_ACTIVATION_FACTOR
+    free_blocks = int(max(0.0, budget - base) // per_block)
+    return max(0, blocks - free_blocks)
+
+
 def auto_checkpoint_blocks(dit, num_frames: int, height: int, width: int, device: torch.device,
                            compiled: bool) -> int:
     """How many blocks must be checkpointed so training stays within the budget (all of them on CPU)."""
     blocks = len(dit.blocks)
     if device.type != "cuda":
         return blocks
-    budget = min(TRAINING_MEMORY_BUDGET, 0.8 * torch.cuda.get_device_properties(device).total_memory)
-    base = 1.5 * sum(t.numel() * t.element_size() for t in [*dit.parameters(), *dit.buffers()])  # buffers: FP8
-    per_block = video_tokens(num_frames, height, width) * ACTIVATION_BYTES_PER_TOKEN * dit.dim / 3072
-    per_block *= 1 if compiled else EAGER_ACTIVATION_FACTOR
-    free_blocks = int(max(0.0, budget - base) // per_block)
-    return max(0, blocks - free_blocks)
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*dit.parameters(), *dit.buffers()])  # buffers: FP8
+    return blocks_to_checkpoint(weight_bytes, video_tokens(num_frames, height, width), dit.dim, blocks,
+                                torch.cuda.get_device_properties(device).total_memory, compiled)
 
 
 def configure_blocks(dit, checkpointed_blocks: int, compile_blocks: bool) -> None:

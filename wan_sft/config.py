@@ -1,6 +1,9 @@
 """The model's hard rules and the project's defaults, stated once."""
 from __future__ import annotations
 
+import argparse
+import os
+
 from .geometry import DEFAULT_FIT, FITS
 
 DEFAULT_NUM_FRAMES = 81
@@ -30,28 +33,62 @@ def check_video_shape(num_frames: int, height: int, width: int) -> None:
             )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default (unless its help states it, or it has none: unset or off) and keeps the line
+    breaks of the description and the epilog."""
+
+    def _get_help_string(self, action):
+        unset = action.default is None or action.default is False or action.default == ""
+        if unset or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def environment_help(*more: str) -> str:
+    """The environment part of an entry point's --help epilog; `more`: lines of its own variables."""
+    return "\n".join(["environment:",
+                      "  MODEL_BASE_PATH  the Wan2.2-TI2V-5B folder: the default of --model_base_path",
+                      "  DIFFSYNTH_PATH   a DiffSynth-Studio checkout to use instead of the installed package", *more,
+                      "  Nothing is downloaded: HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 are set."])
+
+
+LORA_HELP = ("LoRA .safetensors (the exports of training). Training starts from these weights (a warm start: fresh "
+             "optimizer, step 0); inference and evaluation fuse them into the DiT")
+
+
+def add_model_base_path(parser) -> None:
+    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
+                        help="Wan2.2-TI2V-5B folder (default: $MODEL_BASE_PATH)")
+
+
 PATH_FLAGS = {"dataset", "output_dir", "lora_checkpoint", "cache_dir", "val_dataset_root", "val_ids_file"}
+
+
+def add_video_shape_args(parser) -> None:
+    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames per clip: 4k+1")
+    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT, help="pixels, a multiple of 32")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="pixels, a multiple of 32")
 
 
 def add_training_args(parser) -> None:
     """The training flags (the seed's names and defaults), shared by the launchers and the training entry."""
     parser.add_argument("--dataset", help="CSV with columns video,prompt (see prepare_csv.py)")
-    parser.add_argument("--output_dir", default="./output/wan_lora")
-    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
-    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    parser.add_argument("--output_dir", default="./output/wan_lora",
+                        help="LoRA exports, resumable states, logs; re-running the same command resumes from here")
+    add_video_shape_args(parser)
     parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
                         help="how a clip frame maps to WxH, as at inference: stretch (NEAREST resize, the "
                              "benchmark's), crop (cover + centre crop), pad (letterbox on black)")
-    parser.add_argument("--lora_rank", type=int, default=32)
-    parser.add_argument("--num_epochs", type=int, default=3)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--lora_rank", type=int, default=32, help="LoRA rank on q,k,v,o,ffn.0,ffn.2 of the DiT")
+    parser.add_argument("--num_epochs", type=int, default=3, help="passes over the CSV")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="AdamW, DiffSynth's schedule")
     parser.add_argument("--save_steps", type=int, default=250,
                         help="export a LoRA and save a resumable state every N optimizer steps")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1,
                         help="samples per process per optimizer step (global batch = processes x N)")
-    parser.add_argument("--lora_checkpoint", default=None, help="warm-start from these LoRA weights (fresh optimizer)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora_path", "--lora_checkpoint", dest="lora_checkpoint", metavar="LORA_PATH", default=None,
+                        help=LORA_HELP)
+    parser.add_argument("--seed", type=int, default=0, help="sample order, LoRA init, noise")
     parser.add_argument("--keep_states", type=int, default=2, help="resumable training states to keep (newest)")
     parser.add_argument("--allow_world_size_change", action="store_true",
                         help="resume a state saved by another number of processes (the global batch changes)")
@@ -81,8 +118,9 @@ def add_training_args(parser) -> None:
                         help="lines task/id to validate on (default: the CSV's <stem>_val_ids.txt if present, else all)")
     parser.add_argument("--val_prompt_key", default=None,
                         help="record key of the validation prompts (default: ti2v_prompt, else prompt)")
-    parser.add_argument("--val_num_inference_steps", type=int, default=50)
-    parser.add_argument("--val_cfg_scale", type=float, default=5.0)
+    parser.add_argument("--val_num_inference_steps", type=int, default=50,
+                        help="denoising steps per validation video")
+    parser.add_argument("--val_cfg_scale", type=float, default=5.0, help="classifier-free guidance of validation")
 
 
 def check_training_numbers(args) -> None:

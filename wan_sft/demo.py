@@ -54,14 +54,29 @@ def prepare_demo(root: Path = DEMO_ROOT) -> dict[str, Path]:
     return paths
 
 
-def demo_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Point the training flags at the demo data unless the user set them explicitly."""
-    paths = prepare_demo()
+def refuse_flags_the_demo_sets(parser: argparse.ArgumentParser, argv: list[str] | None, names) -> None:
+    """--demo chooses these flags itself: giving one too (whatever its value) is refused rather than ignored."""
+    unset = object()
+    # argparse fills in a default only where the namespace has no value yet: what stays `unset` was not given.
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    flags = [f"--{name}" for name in names if getattr(given, name) is not unset]
+    if flags:
+        raise InputError(f"--demo sets {', '.join(flags)} itself (the tiny model on the demo puzzles): leave "
+                         f"{'it' if len(flags) == 1 else 'them'} out, or run without --demo")
+
+
+def demo_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Point the training flags at the demo data (--num_gpus stays the user's, default 2)."""
+    paths = demo_paths()
     demo = dict(dataset=str(paths["csv"]), output_dir=str(paths["output"]), model_base_path=str(paths["model"]),
-                lora_rank=4, num_epochs=2, save_steps=2, num_gpus=args.num_gpus or 2, **SIZE)
-    for name, value in demo.items():
-        if getattr(args, name) == parser.get_default(name) or getattr(args, name) is None:
-            setattr(args, name, value)
+                lora_rank=4, num_epochs=2, save_steps=2, **SIZE)
+    refuse_flags_the_demo_sets(parser, argv, demo)
+    prepare_demo()
+    for name, value in dict(demo, num_gpus=args.num_gpus or 2).items():
+        setattr(args, name, value)
+
+
+GENERATION_FLAGS = ("model_base_path", "lora_path", "num_inference_steps", *SIZE)  # what every --demo sets
 
 
 def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
@@ -77,10 +92,11 @@ def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
-def demo_inference_args(args: argparse.Namespace) -> None:
+def demo_inference_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """inference.py --demo: the first held-out puzzle, with its own prompt."""
     from .datasets import read_puzzles
 
+    refuse_flags_the_demo_sets(parser, argv, (*GENERATION_FLAGS, "input_image", "prompt", "output"))
     paths = _demo_generation_args(args)
     key = paths["val_ids"].read_text().split()[0]
     item = next(item for item in read_puzzles(paths["puzzles"]) if item.key == key)
@@ -88,8 +104,9 @@ def demo_inference_args(args: argparse.Namespace) -> None:
     args.output = str(paths["root"] / "inference" / f"{item.id}.mp4")
 
 
-def demo_eval_args(args: argparse.Namespace) -> None:
+def demo_eval_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """parallel_eval.py --demo: the held-out mazes and the eyeballing puzzles, 2 CPU workers."""
+    refuse_flags_the_demo_sets(parser, argv, (*GENERATION_FLAGS, "dataset_root", "ids_file", "output_dir", "workers"))
     paths = _demo_generation_args(args)
     args.dataset_root, args.ids_file = str(paths["datasets"]), str(paths["eval_ids"])
     args.output_dir, args.workers = str(paths["root"] / "eval"), 2

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .config import InputError
+from .config import HelpFormatter, InputError, environment_help
 from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import WriteFailed, atomic_save_image, atomic_write, write_failed
 from .geometry import DEFAULT_FIT, fit_image
@@ -559,14 +559,16 @@ def forget_finished_items(output_dir: Path) -> int:
 
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="parallel_eval.py",
-        description="Generate, score and summarize VLMPuzzle items (one worker per GPU). "
-                    "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.")
+        prog="parallel_eval.py", formatter_class=HelpFormatter,
+        description="Generate, score and summarize VLMPuzzle items (one worker per GPU).\n"
+                    "`parallel_eval.py merge --output_dir D SHARD_DIR...` combines shard outputs.",
+        epilog=environment_help() + "\n\nresume: re-run the same command. Only the items without a result in "
+                                  "--output_dir are done;\na folder holding a run with other settings is refused.")
     parser.add_argument("--dataset_root", "--input_dir", dest="dataset_root",
                         help="puzzle dataset (VLMPuzzle or VideoThinkBench layout, a task folder, or a folder of them)")
     parser.add_argument("--demo", action="store_true",
                         help="the demo's held-out puzzles with the LoRA of `train_single_node.sh --demo`")
-    parser.add_argument("--output_dir", default="./output/eval")
+    parser.add_argument("--output_dir", default="./output/eval", help="per-item outputs, results, summary, report")
     parser.add_argument("--tasks", default=None, help="comma list of task names (task folder names; default: all)")
     parser.add_argument("--limit", type=int, default=None, help="first N puzzles (by id) per task")
     parser.add_argument("--ids_file", default=None, help="lines task/id to evaluate, e.g. <stem>_val_ids.txt")
@@ -594,7 +596,7 @@ def parse_args(argv) -> argparse.Namespace:
     if args.demo:
         from .demo import demo_eval_args
 
-        demo_eval_args(args)
+        demo_eval_args(args, parser, argv)
     elif not args.dataset_root:
         parser.error("--dataset_root is required (or --demo)")
     return args
@@ -730,10 +732,10 @@ def _report_unfinished(unfinished: dict[str, str]) -> int:
 
 def merge(argv) -> int:
     """Copy every finished item of the shard folders into --output_dir (JSON last), then rebuild the outputs."""
-    parser = argparse.ArgumentParser(prog="parallel_eval.py merge",
+    parser = argparse.ArgumentParser(prog="parallel_eval.py merge", formatter_class=HelpFormatter,
                                      description="Combine the output folders of shard runs into one.")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("shard_dirs", nargs="+")
+    parser.add_argument("--output_dir", required=True, help="the combined run")
+    parser.add_argument("shard_dirs", nargs="+", help="the --output_dir of each shard run")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
     shards = [Path(shard).resolve() for shard in args.shard_dirs]

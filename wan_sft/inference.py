@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
+from .config import (DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, LORA_HELP, HelpFormatter, InputError,
+                     add_model_base_path, add_video_shape_args, check_video_shape, environment_help)
 from .fsutil import atomic_save_image
 from .geometry import DEFAULT_FIT, FITS, fit_image
 
@@ -55,16 +56,14 @@ def default_device() -> str:
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
     """Flags shared by inference.py and parallel_eval.py (`--lora_ckpt` is the origin scripts' name)."""
     parser.add_argument("--lora_path", "--lora_ckpt", dest="lora_path", default=None,
-                        help="LoRA .safetensors to fuse (default: the base model alone)")
-    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"),
-                        help="Wan2.2-TI2V-5B folder (default: $MODEL_BASE_PATH)")
-    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
-    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_inference_steps", type=int, default=50)
-    parser.add_argument("--cfg_scale", type=float, default=5.0)
-    parser.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
+                        help=LORA_HELP + " (default: none, the base model alone)")
+    add_model_base_path(parser)
+    add_video_shape_args(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--cfg_scale", type=float, default=5.0, help="classifier-free guidance (1 disables it)")
+    parser.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT,
+                        help="(default: Wan's default negative prompt, in Chinese)")
     parser.add_argument("--fps", type=int, default=16, help="frame rate written into the mp4")
     parser.add_argument("--fp8", action="store_true",
                         help="APPROXIMATE, faster on Hopper GPUs: the DiT block linears in FP8 (e4m3, row-wise scales) "
@@ -173,28 +172,31 @@ def last_frame_path(video_path: str | os.PathLike) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate a video from a puzzle image with Wan2.2-TI2V-5B (+ LoRA); "
-                                                 "writes the mp4 and its last frame as <stem>_last.png beside it.")
-    parser.add_argument("--input_image")
-    parser.add_argument("--prompt")
+    parser = argparse.ArgumentParser(
+        prog="inference.py", formatter_class=HelpFormatter,
+        description="Generate a video from a puzzle image with Wan2.2-TI2V-5B (+ LoRA);\n"
+                    "writes the mp4 and its last frame as <stem>_last.png beside it.",
+        epilog=environment_help() + "\n\nEach run writes --output and its _last.png anew: there is nothing to resume.")
+    parser.add_argument("--input_image", help="the puzzle image")
+    parser.add_argument("--prompt", help="what to draw, e.g. the puzzle's ti2v_prompt")
     parser.add_argument("--output", default=None, help="mp4 path (default: ./output/inference/<image stem>.mp4)")
-    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--device", default=default_device(), help="cuda, cuda:N or cpu")
     parser.add_argument("--demo", action="store_true",
                         help="a held-out demo puzzle with the LoRA of `train_single_node.sh --demo` (run that first)")
     add_generation_args(parser)
     args = parser.parse_args(argv)
-    if not args.demo and not (args.input_image and args.prompt):
+    if args.demo:
+        from .demo import demo_inference_args
+
+        demo_inference_args(args, parser, argv)
+    elif not (args.input_image and args.prompt):
         parser.error("--input_image and --prompt are required (or --demo)")
     return args
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
     try:
-        if args.demo:
-            from .demo import demo_inference_args
-
-            demo_inference_args(args)
+        args = parse_args(argv)
         check_generation_args(args)
         check_device(args.device)
         image = read_image(args.input_image)

@@ -91,20 +91,33 @@ def validate(args: argparse.Namespace) -> None:
         check_validation_split(args)
 
 
-def single_node(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="train_single_node.sh", description="LoRA-train Wan2.2-TI2V-5B on this node.")
+SINGLE_NODE_EPILOG = config.environment_help("  MASTER_PORT      the default of --port") + """
+
+resume: re-run the same command. Training continues from the newest complete state in --output_dir with the same
+step numbering (Ctrl-C, SIGTERM and SIGUSR1 save a state first); a changed dataset, world size or seed is refused."""
+
+
+def single_node_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train_single_node.sh", description="LoRA-train Wan2.2-TI2V-5B on this node.",
+                                     epilog=SINGLE_NODE_EPILOG, formatter_class=config.HelpFormatter)
     config.add_training_args(parser)
     parser.add_argument("--num_gpus", type=int, default=None,
                         help="processes to start (default: all visible GPUs; 1 CPU process without GPUs)")
-    parser.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)))
+    config.add_model_base_path(parser)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)),
+                        help="rendezvous port ($MASTER_PORT when set)")
     parser.add_argument("--demo", action="store_true",
                         help="train the tiny model on generated mazes under ./demo (CPU, a few minutes)")
+    return parser
+
+
+def single_node(argv: list[str]) -> int:
+    parser = single_node_parser()
     args = parser.parse_args(argv)
     if args.demo:
         from .demo import demo_training_args
 
-        demo_training_args(args, parser)
+        demo_training_args(args, parser, argv)
     gpus = visible_gpus()
     num_processes = args.num_gpus or max(gpus, 1)
     if num_processes < 1:

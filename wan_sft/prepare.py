@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, InputError, check_video_shape
+from .config import HelpFormatter, InputError, add_video_shape_args, check_video_shape
 from .clip_record import ClipRecord, record_path
 from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
 from .fsutil import atomic_write
@@ -130,10 +130,15 @@ def trim_clips(videos: list[str], folder: Path, num_frames: int, height: int, wi
     return targets
 
 
+PREPARE_EPILOG = """environment: none needed (no model is loaded).
+
+Nothing to resume: a re-run checks every row again and rewrites --output (atomically)."""
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="prepare_csv.py",
-        description="Write a checked, fully quoted video,prompt training CSV. "
+        prog="prepare_csv.py", formatter_class=HelpFormatter, epilog=PREPARE_EPILOG,
+        description="Write a checked, fully quoted video,prompt training CSV.\n"
                     "'prepare_csv.py generate --help' generates synthetic puzzle datasets instead.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset_root", type=Path,
@@ -144,9 +149,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source.add_argument("--video_dir", type=Path, help="folder of videos with same-name .txt captions")
     source.add_argument("--csv", type=Path, help="an existing CSV to re-check and re-quote")
     parser.add_argument("--output", type=Path, required=True, help="the CSV to write")
-    parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
-    parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
+    add_video_shape_args(parser)
     parser.add_argument("--fit", choices=FITS, default=DEFAULT_FIT,
                         help="how clips map to WxH (checks and --trim); use training's --fit (default stretch)")
     parser.add_argument("--prompt", help="prompt for every clip that has none (no caption, empty prompt)")
@@ -275,7 +278,7 @@ def prepare(args: argparse.Namespace) -> int:
 
     videos = {entry.video: entry.video for entry in kept}
     if args.trim:
-        clips = args.output.parent / f"{args.output.stem}_clips"
+        clips = Path(os.path.abspath(args.output)).parent / f"{args.output.stem}_clips"  # the CSV holds absolute paths
         videos = trim_clips(list(videos), clips, args.num_frames, args.height, args.width, args.fit, args.workers)
     write_training_csv(args.output, [(videos[entry.video], entry.prompt) for entry in kept])
     record.save()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .config import InputError
+from .config import HelpFormatter, InputError
 from .fsutil import atomic_save_image, atomic_write
 from .video import write_video
 
@@ -464,22 +464,24 @@ def parse_grid(text: str) -> list[int]:
 
 
 def main_generate(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="prepare_csv.py generate",
-                                     description="Generate puzzle tasks with solution videos, in either layout.")
+    parser = argparse.ArgumentParser(prog="prepare_csv.py generate", formatter_class=HelpFormatter,
+                                     description="Generate puzzle tasks with solution videos, in either layout.",
+                                     epilog="environment: none needed (no model is loaded).\n\nNothing to resume: "
+                                            "the same flags write the same bytes again.")
     parser.add_argument("--out", required=True, help="dataset root; the task folder is created inside")
-    parser.add_argument("--task", choices=tuple(TASKS), default="maze_square")
+    parser.add_argument("--task", choices=tuple(TASKS), default="maze_square", help="puzzle kind")
     parser.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
                         help="videothinkbench: <out>/tasks/<task>/ + canonical_manifest.jsonl, ti2v_prompt; "
                              "vlmpuzzle: <out>/<task>/, prompt, videos implied by id")
-    parser.add_argument("--num", type=int, default=100)
+    parser.add_argument("--num", type=int, default=100, help="puzzles to write")
     parser.add_argument("--grid", default="5..9", help="maze size in cells: an int or a range a..b (mazes only)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=DEFAULT_SIZE)
-    parser.add_argument("--height", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same puzzles")
+    parser.add_argument("--width", type=int, default=DEFAULT_SIZE, help="canvas and video width in pixels")
+    parser.add_argument("--height", type=int, default=DEFAULT_SIZE, help="canvas and video height in pixels")
     parser.add_argument("--num_frames", type=int, default=None,
                         help="solution video length (default: VideoThinkBench's for the task: "
                              + ", ".join(f"{task} {frames}" for task, (_, _, frames) in TASKS.items()) + ")")
-    parser.add_argument("--fps", type=int, default=DEFAULT_FPS)
+    parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help="frame rate of the solution videos")
     args = parser.parse_args(argv)
     try:
         records = generate_task(args.out, args.task, args.num, args.seed, args.width, args.height, args.num_frames,

@@ -199,9 +199,18 @@ def launch_command(args, node_rank: int, num_nodes: int, head: str, port: int) -
 
 
 # ----------------------------------------------------------------------------------------------- the command
+MULTI_NODE_EPILOG = config.environment_help("  SBATCH_*         sbatch's own variables set options of the job "
+                                             "(as --sbatch_args)") + """
+
+resume: submit the same command again. Training continues from the newest complete state in --output_dir; before
+the time limit (--pre_timeout) the job saves a state and requeues itself."""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_multi_node.sh",
-                                description="LoRA-train Wan2.2-TI2V-5B on several Slurm nodes (submits itself with sbatch).")
+                                description="LoRA-train Wan2.2-TI2V-5B on several Slurm nodes "
+                                            "(submits itself with sbatch).",
+                                epilog=MULTI_NODE_EPILOG, formatter_class=config.HelpFormatter)
     config.add_training_args(p)
     p.set_defaults(output_dir=DEFAULT_OUTPUT_DIR)
     p.add_argument("--num_nodes", type=int, default=None,
@@ -210,11 +219,11 @@ def parser() -> argparse.ArgumentParser:
                    help="training processes per node = GPUs per node (default 8; 1 with --cpu)")
     p.add_argument("--cpu", action="store_true",
                    help="CPU nodes: gloo, --gpus_per_node CPU processes per node, no GPUs requested")
-    p.add_argument("--model_base_path", default=os.environ.get("MODEL_BASE_PATH"))
+    config.add_model_base_path(p)
     p.add_argument("--port", type=int, default=None, help="rendezvous port (default: 20000 + job id %% 20000)")
     p.add_argument("--pre_timeout", type=int, default=DEFAULT_PRE_TIMEOUT,
                    help="seconds before the time limit at which training saves and the job requeues itself (0: off)")
-    p.add_argument("--job_name", default=DEFAULT_JOB_NAME)
+    p.add_argument("--job_name", default=DEFAULT_JOB_NAME, help="Slurm job name")
     p.add_argument("--sbatch_args", default="",
                    help='extra sbatch options, e.g. "--partition gpu --account x --time 2-00:00:00" (SBATCH_* env works too)')
     p.add_argument("--dry_run", action="store_true", help="print the sbatch script and node launch commands; submit nothing")
