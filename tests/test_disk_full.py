@@ -45,7 +45,7 @@ def test_eval_item_on_a_full_disk_keeps_finished_items(tmp_path):
     from wan_sft.puzzles import generate_maze_task
 
     dataset = tmp_path / "dataset"
-    generate_maze_task(dataset, 4, (3, 4), width=96, height=160, num_frames=9, fps=8)
+    generate_maze_task(dataset, 4, (3, 4), width=96, height=160, num_frames=9, fps=8, layout="vlmpuzzle")
     candidates = _candidates(dataset, tmp_path / "cands", "solution_image_path")
     with small_filesystem(tmp_path / "small", "64k") as small:  # 16 pages: 3 items of 4 files, then full
         out = small / "eval"
@@ -105,7 +105,7 @@ def test_generating_eval_worker_on_a_full_disk_stops_the_run_with_one_line(tiny_
     from wan_sft.puzzles import generate_midpoint_task
 
     dataset = tmp_path / "dataset"
-    generate_midpoint_task(dataset, 2, width=96, height=160, num_frames=9, fps=8)
+    generate_midpoint_task(dataset, 2, width=96, height=160, num_frames=9, fps=8, layout="vlmpuzzle")
     with small_filesystem(tmp_path / "small", "8k") as small:  # 2 pages: run_settings.json, then full
         out = small / "eval"
         result = run_script([sys.executable, "parallel_eval.py", "--dataset_root", str(dataset), "--model_base_path",

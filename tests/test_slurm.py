@@ -391,7 +391,7 @@ def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(c
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
     log_path = out / "train_log.jsonl"
-    wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2, 300, "step 2")
+    wait_for(lambda: (out / "states/step-00000002/COMPLETE").exists(), 300, "the state of step 2")
     assert job_field(job, "Requeue") == "1"  # from train_multi_node.sh's #SBATCH lines
     victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
     os.kill(victim, 9)
@@ -424,7 +424,7 @@ def test_cluster_hung_rank_ends_the_job_which_requeues_and_resumes(cluster, tmp_
     assert result.returncode == 0, result.stdout + result.stderr
     job = re.search(r"submitted job (\d+)", result.stdout).group(1)
     log_path = out / "train_log.jsonl"
-    wait_for(lambda: log_path.exists() and len(log_path.read_text().splitlines()) >= 2, 300, "step 2")
+    wait_for(lambda: (out / "states/step-00000002/COMPLETE").exists(), 300, "the state of step 2")
     victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
     os.kill(victim, signal.SIGSTOP)
     stopped = time.monotonic()
