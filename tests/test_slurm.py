@@ -390,7 +390,6 @@ def test_cluster_direct_sbatch_rank_death_fails_fast_then_resubmission_resumes(c
                      f"--output={out}/slurm-%j.out", str(REPO / "train_multi_node.sh"), *flags], REPO, env)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
-    log_path = out / "train_log.jsonl"
     wait_for(lambda: (out / "states/step-00000002/COMPLETE").exists(), 300, "the state of step 2")
     assert job_field(job, "Requeue") == "1"  # from train_multi_node.sh's #SBATCH lines
     victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
@@ -423,7 +422,6 @@ def test_cluster_hung_rank_ends_the_job_which_requeues_and_resumes(cluster, tmp_
                     "--time 15"], tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     job = re.search(r"submitted job (\d+)", result.stdout).group(1)
-    log_path = out / "train_log.jsonl"
     wait_for(lambda: (out / "states/step-00000002/COMPLETE").exists(), 300, "the state of step 2")
     victim = wait_for(lambda: training_process(out, node_id="1"), 30, "the training process on node 2")
     os.kill(victim, signal.SIGSTOP)
