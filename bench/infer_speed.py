@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels  # noqa: E402
+
 from wan_sft.acceleration import configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
 from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.inference import GenerationSettings, generate, load_generator, read_image  # noqa: E402

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels, time_tables  # noqa: E402
+
 from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_training_flops, video_tokens  # noqa: E402
-from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.data import load_clip  # noqa: E402
+from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
 from wan_sft.model_files import load_pipeline  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402

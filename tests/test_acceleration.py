@@ -5,8 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from wan_sft.acceleration import (auto_checkpoint_blocks, blocks_to_checkpoint, configure_blocks, dit_forward_flops,
-                                  dit_training_flops, video_tokens)
+from wan_sft.acceleration import (
+    auto_checkpoint_blocks,
+    blocks_to_checkpoint,
+    configure_blocks,
+    dit_forward_flops,
+    dit_training_flops,
+    video_tokens,
+)
 from wan_sft.lora import add_lora
 from wan_sft.model_files import DIT_TINY, load_pipeline
 

@@ -6,7 +6,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_lora, curve, free_port, losses, run_script, run_until_state, train_command
-from test_train import uninterrupted  # noqa: F401 (a fixture)
 
 
 def one_process_ga2(demo, output_dir):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import REPO, SIZE, assert_same_lora, curve, free_port, run_script, train_command
-from test_train import uninterrupted  # noqa: F401 (a fixture)
 from wan_sft import cache
 from wan_sft.data import ClipDataset, read_training_csv
 from wan_sft.model_files import locate_model_files
+
 
 def clip_key(sample, files, **changes):
     settings = dict(num_frames=9, height=160, width=96, dtype=torch.float32)

@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from test_evaluation import FRAMES, H, W  # noqa: F401 - the tiny puzzle size
 
 from conftest import REPO, free_port, losses, run_script, train_command
-from test_evaluation import W, H, FRAMES  # noqa: F401 - the tiny puzzle size
 
 
 @contextlib.contextmanager
@@ -42,6 +41,7 @@ def partial_files(root: Path) -> list[Path]:
 
 def test_eval_item_on_a_full_disk_keeps_finished_items(tmp_path):
     from test_evaluation import _candidates
+
     from wan_sft.puzzles import generate_maze_task
 
     dataset = tmp_path / "dataset"

@@ -6,8 +6,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from wan_sft.config import InputError
-from wan_sft.puzzles import (MAZE_PROMPT, generate_maze_task, generate_midpoint_task, main_generate, make_maze,
-                             parse_grid)
+from wan_sft.puzzles import (
+    MAZE_PROMPT,
+    generate_maze_task,
+    generate_midpoint_task,
+    main_generate,
+    make_maze,
+    parse_grid,
+)
 from wan_sft.scoring import score_eyeballing, score_maze
 from wan_sft.video import probe_video, read_frames
 

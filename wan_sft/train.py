@@ -23,8 +23,8 @@ import torch
 from . import cache, checkpoints, config, portable_state
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
-from .fsutil import WriteFailed, append_line, atomic_write
 from .fp8 import convert_block_linears
+from .fsutil import WriteFailed, append_line, atomic_write
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report

@@ -36,9 +36,9 @@ from .datasets import PuzzleItem
 from .evaluation import check_image_header, find_items, needs_solution_image, read_ids_file, solution_image_path
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
+from .leaderboard import column_scores
 from .lora import export_lora
 from .report import write_training_report
-from .leaderboard import column_scores
 from .scoring import score_item
 from .video import read_frames, write_video
 
