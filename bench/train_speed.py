@@ -122,8 +122,8 @@ def main() -> int:
     shape = (args.num_frames, args.height, args.width)
 
     with tempfile.TemporaryDirectory() as tmp:
-        record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width, height=args.height,
-                                    num_frames=args.num_frames, layout="vlmpuzzle")[0]
+        record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width,
+                                    height=args.height, num_frames=args.num_frames, layout="vlmpuzzle")[0]
         clip = load_clip(Path(tmp) / "maze_square" / "solutions" / f"{record['id']}_solution.mp4", *shape)
     sample = {"video": clip, "prompt": record["prompt"]}
 
@@ -190,7 +190,8 @@ def main() -> int:
         optimizer, scheduler = fresh_optimizer(torch.float32)
         name = f"{name}_ckpt{blocks}{'_compiled' if compiled else ''}"
         try:
-            results["runs"][name] = dict(measure(our_step, args.steps, warmup=3 if compiled else 2), checkpointed=blocks)
+            results["runs"][name] = dict(measure(our_step, args.steps, warmup=3 if compiled else 2),
+                                         checkpointed=blocks)
             if device.type == "cuda":
                 results["runs"][name]["attention_kernels"] = attention_kernels(lambda: our_step(0))
             if device.type == "cuda" and compiled and setting == "auto" and args.out:
@@ -237,7 +238,8 @@ def main() -> int:
                   f"{run['dit_tflops']:12.0f}")
         else:
             print(f"{name:40s} {run['error']}")
-    print("losses (same seeds):", {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
+    print("losses (same seeds):",
+          {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

@@ -115,6 +115,7 @@ def test_generating_eval_worker_on_a_full_disk_stops_the_run_with_one_line(tiny_
         assert result.returncode == 1, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert re.fullmatch(rf"error: could not write {out}/midpoint/\S+\.mp4: .+; 0\.0 MiB free on that filesystem\. "
-                            r"Finished items are kept: free space and rerun the same command to do the rest", last), last
+                            r"Finished items are kept: free space and rerun the same command to do the rest",
+                            last), last
         assert "Traceback" not in result.stderr and not partial_files(out)
         assert not list(out.glob("midpoint/*"))

@@ -25,7 +25,8 @@ def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data
     states = sorted(p.name for p in (out / "states").iterdir())
     assert states == ["step-00000010", "step-00000012"]  # newest 2 kept
     progress = json.loads((out / "states" / "step-00000012" / "progress.json").read_text())
-    assert (progress["global_step"], progress["epoch"], progress["sample_in_epoch"], progress["world_size"]) == (12, 3, 0, 2)
+    assert (progress["global_step"], progress["epoch"], progress["sample_in_epoch"],
+            progress["world_size"]) == (12, 3, 0, 2)
     assert json.loads((out / "training_args.json").read_text())["lora_rank"] == 4
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     config = (workdir / "accelerate_config.yaml").read_text()

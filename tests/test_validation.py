@@ -174,8 +174,10 @@ def test_training_report_shows_loss_pass_rate_and_best(validated_run, tmp_path):
         page = browser.new_page()
         problems = watch(page)
         page.goto((out / "training_report.html").as_uri(), wait_until="load")
-        series = page.evaluate("""Object.fromEntries([...document.querySelectorAll('svg path.series')].map(p =>
-            [p.closest('div').id + ':' + p.dataset.series, p.getAttribute('d').split(/[ML]/).filter(Boolean).length]))""")
+        series = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('svg path.series')].map(p =>\n"
+            "            [p.closest('div').id + ':' + p.dataset.series, "
+            "p.getAttribute('d').split(/[ML]/).filter(Boolean).length]))")
         assert series["loss-chart:loss"] == 8
         assert series["validation-chart:maze_square"] == len(VAL_STEPS)
         for chart in ("#loss-chart", "#validation-chart"):

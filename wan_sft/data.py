@@ -174,8 +174,8 @@ def _check_video(video: str, num_frames: int | None, height: int, width: int, fi
     return [(False, "resolution differs", f"{size}: training resizes it (--fit {fit})")]
 
 
-def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int,
-                  workers: int | None = None, fit: str = DEFAULT_FIT, record=None) -> tuple[list[Problem], list[Problem]]:
+def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int, workers: int | None = None,
+                  fit: str = DEFAULT_FIT, record=None) -> tuple[list[Problem], list[Problem]]:
     """Decode every video once, in parallel (with a ClipRecord: only new or changed ones); return (fatal problems,
     warnings) in row order."""
     probe = record.probe if record else probe_video

@@ -159,9 +159,8 @@ def write_report(output_dir: Path) -> Path:
     tasks = {name: _with_defaults(given_tasks.get(name) or {}, [r for r in results if str(r.get("task", "?")) == name])
              for name in task_names}
     given_overall = summary.get("overall") or {}
-    overall = _with_defaults({**given_overall,
-                              "failure_reasons": summary.get("failure_reasons") or given_overall.get("failure_reasons")},
-                             results)
+    failure_reasons = summary.get("failure_reasons") or given_overall.get("failure_reasons")
+    overall = _with_defaults({**given_overall, "failure_reasons": failure_reasons}, results)
     cards = sorted((_card(r, output_dir) for r in results), key=lambda c: (c["task"], c["id"]))
     settings = {k: format_value(v) for k, v in (summary.get("settings") or {}).items()}
     translations = {}

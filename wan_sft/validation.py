@@ -217,7 +217,8 @@ def per_task_rows(step: int, results: list[dict]) -> list[dict]:
 
 
 class TaskValidator:
-    """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the same on every rank)."""
+    """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the
+    same on every rank)."""
 
     def __init__(self, args, accelerator, pipe):
         self.accelerator, self.pipe = accelerator, pipe
