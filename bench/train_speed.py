@@ -62,7 +62,7 @@ def compare_losses(reference: list[float], other: list[float], window: int = 20)
     from wan_sft.report import moving_average
 
     ref, oth = moving_average(reference, window), moving_average(other, window)
-    rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth)]
+    rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth, strict=True)]
     return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel))
 
 
@@ -141,7 +141,7 @@ def main() -> int:
     def fresh_optimizer(dtype):
         """Same LoRA init, same seeds, same schedule (DiffSynth's: lr/3 for 5 steps) for every run, so the loss
         curves are comparable."""
-        for p, init in zip(lora, initial_lora):
+        for p, init in zip(lora, initial_lora, strict=True):
             p.data = init.to(dtype).clone()
         optimizer = torch.optim.AdamW(lora, lr=1e-4, weight_decay=1e-2)
         return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer)

@@ -32,7 +32,7 @@ def test_one_process_with_accumulation_2_trains_like_two_processes(accumulated, 
     assert losses(accumulated)[5]["lr"] == pytest.approx(1e-4)
     assert sorted(p.name for p in accumulated.glob("step-*.safetensors")) == sorted(
         p.name for p in two_processes.glob("step-*.safetensors"))
-    for a, b in zip(losses(accumulated), losses(two_processes)):
+    for a, b in zip(losses(accumulated), losses(two_processes), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     first = load_file(str(accumulated / "final.safetensors"))
     second = load_file(str(two_processes / "final.safetensors"))

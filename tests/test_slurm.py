@@ -164,7 +164,7 @@ def test_launch_command_per_node(tmp_path, monkeypatch):
     gpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "15", "--gpus_per_node", "8"])
     for rank in (0, 14):
         command, env = slurm.launch_command(gpu, rank, 15, "gpu01", 23456)
-        flag = lambda name: command[command.index(name) + 1]  # noqa: E731
+        flag = lambda name, command=command: command[command.index(name) + 1]  # noqa: E731
         assert (flag("--num_machines"), flag("--num_processes"), flag("--machine_rank")) == ("15", "120", str(rank))
         assert (flag("--main_process_ip"), flag("--main_process_port")) == ("gpu01", "23456")
         assert flag("--deepspeed_multinode_launcher") == "standard" and flag("--expected_world_size") == "120"

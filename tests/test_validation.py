@@ -41,7 +41,7 @@ def test_validation_runs_at_every_save_on_both_ranks(validated_run, demo_data):
     rows = read_rows(out)
     assert [(r["step"], r["task"], r["column"], r["items"]) for r in rows] == [
         row for s in VAL_STEPS for row in ((s, "maze_square", "Maze Square", 4), (s, "", "Maze Square", 4))]
-    assert all(task["pass_rate"] == column["pass_rate"] for task, column in zip(rows[::2], rows[1::2]))
+    assert all(task["pass_rate"] == column["pass_rate"] for task, column in zip(rows[::2], rows[1::2], strict=True))
     rows = [r for r in rows if r["task"]]
     keys = held_out_keys(demo_data)
     for step in VAL_STEPS:

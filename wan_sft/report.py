@@ -299,8 +299,9 @@ def write_training_report(output_dir: Path) -> Path:
     if log:
         steps, losses = [r["step"] for r in log], [r["loss"] for r in log]
         loss_chart = line_chart(
-            [Series("loss", list(zip(steps, losses)), PALETTE[0], width=1, opacity=0.35),
-             Series(f"mean of {window}", list(zip(steps, moving_average(losses, window))), PALETTE[1], width=2)],
+            [Series("loss", list(zip(steps, losses, strict=True)), PALETTE[0], width=1, opacity=0.35),
+             Series(f"mean of {window}", list(zip(steps, moving_average(losses, window), strict=True)), PALETTE[1],
+                    width=2)],
             x_label="step", y_label="loss", x_range=x_range, best_step=best_step)
     if validation:
         validation_chart = line_chart(

@@ -266,7 +266,7 @@ def main(argv=None) -> int:
                 accelerator.end_training()
                 return 1
             loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
-            for position, sample in zip(positions[:accumulation], step_samples):
+            for position, sample in zip(positions[:accumulation], step_samples, strict=True):
                 weight = float(position < len(samples))
                 with accelerator.accumulate(model):
                     loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
@@ -376,7 +376,7 @@ def _die_with_launcher() -> None:
 
 def _keep_only_trainable_weights(models, weights, output_dir):
     """accelerate saves whole state dicts; the frozen base is already on disk, so keep the LoRA only."""
-    for model, state in zip(models, weights):
+    for model, state in zip(models, weights, strict=True):
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]
