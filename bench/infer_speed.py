@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels  # noqa: E402
+
 from wan_sft.acceleration import configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
 from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.inference import GenerationSettings, generate, load_generator, read_image  # noqa: E402
@@ -49,7 +50,7 @@ def red_mask_agreement(frames: np.ndarray, reference: np.ndarray) -> dict:
     """Per frame, the share of pixels where the eyeballing red mask agrees, and the IoU of the masks where either
     has red; means over frames."""
     agree, ious = [], []
-    for frame, ref in zip(frames, reference):
+    for frame, ref in zip(frames, reference, strict=True):
         a, b = eyeballing_red_mask(frame), eyeballing_red_mask(ref)
         agree.append(float((a == b).mean()))
         if (a | b).any():
@@ -99,10 +100,10 @@ def main() -> int:
         if compiled:
             configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
         torch.cuda.reset_peak_memory_stats()
-        warmup_seconds, _ = timed(lambda: generate(runner, image, prompt, one_step))
-        kernels = attention_kernels(lambda: generate(runner, image, prompt, one_step))
-        one_seconds, _ = timed(lambda: generate(runner, image, prompt, one_step))
-        seconds, frames = timed(lambda: generate(runner, image, prompt, settings))
+        warmup_seconds, _ = timed(lambda runner=runner: generate(runner, image, prompt, one_step))
+        kernels = attention_kernels(lambda runner=runner: generate(runner, image, prompt, one_step))
+        one_seconds, _ = timed(lambda runner=runner: generate(runner, image, prompt, one_step))
+        seconds, frames = timed(lambda runner=runner: generate(runner, image, prompt, settings))
         frames = np.stack([np.asarray(frame) for frame in frames])
         per_step = (seconds - one_seconds) / (settings.num_inference_steps - 1)
         stock_frames = frames if stock_frames is None else stock_frames
@@ -124,7 +125,7 @@ def main() -> int:
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        seconds, video = timed(lambda: pipe.vae.decode(latents, device="cuda", tiled=tiled))
+        seconds, video = timed(lambda tiled=tiled: pipe.vae.decode(latents, device="cuda", tiled=tiled))
         extra_gib = (torch.cuda.max_memory_allocated() - before) / 2**30
         decode[tiled] = seconds, extra_gib, ((video.float().clamp(-1, 1) + 1) * 127.5).cpu().numpy()
     untiled_psnr = psnr(decode[True][2], decode[False][2])

@@ -48,7 +48,8 @@ def write_text_encoder(folder: Path, num_layers: int) -> Path:
         model_hash = hash_model_file(str(path))
     (folder / REGISTRY).write_text(json.dumps([dict(
         model_hash=model_hash, model_name="wan_video_text_encoder",
-        model_class="diffsynth.models.wan_video_text_encoder.WanTextEncoder", extra_kwargs=dict(num_layers=num_layers))]))
+        model_class="diffsynth.models.wan_video_text_encoder.WanTextEncoder",
+        extra_kwargs=dict(num_layers=num_layers))]))
     return path
 
 
@@ -148,7 +149,8 @@ def main() -> int:
 
     print(f"\n{path.name}: {size_gib:.2f} GiB ({args.num_layers} layers), torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, median of {args.repeats} fresh processes")
-    print(f"{'page cache':10s} {'what':10s} {'default s':>10s} {'mmap s':>8s} {'speed-up':>9s} {'default private':>16s} {'mmap private':>13s}")
+    print(f"{'page cache':10s} {'what':10s} {'default s':>10s} {'mmap s':>8s} {'speed-up':>9s} "
+          f"{'default private':>16s} {'mmap private':>13s}")
     for cache in ("cold", "warm"):
         for what in ("hash", "hash+load"):
             default, mapped = (results["runs"][f"{cache} {what} {v}"] for v in ("default", "mmap"))

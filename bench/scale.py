@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from wan_sft import cache  # noqa: E402
-from wan_sft.data import Sample, read_training_csv, validate_training_csv, write_training_csv  # noqa: E402
+from wan_sft.data import read_training_csv, validate_training_csv, write_training_csv  # noqa: E402
 from wan_sft.prepare import main as prepare_csv  # noqa: E402
 from wan_sft.video import write_video  # noqa: E402
 

@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from profiling import attention_kernels, time_tables  # noqa: E402
+
 from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_training_flops, video_tokens  # noqa: E402
-from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.data import load_clip  # noqa: E402
+from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
 from wan_sft.model_files import load_pipeline  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
@@ -61,7 +62,7 @@ def compare_losses(reference: list[float], other: list[float], window: int = 20)
     from wan_sft.report import moving_average
 
     ref, oth = moving_average(reference, window), moving_average(other, window)
-    rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth)]
+    rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth, strict=True)]
     return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel))
 
 
@@ -121,8 +122,8 @@ def main() -> int:
     shape = (args.num_frames, args.height, args.width)
 
     with tempfile.TemporaryDirectory() as tmp:
-        record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width, height=args.height,
-                                    num_frames=args.num_frames, layout="vlmpuzzle")[0]
+        record = generate_maze_task(tmp, 1, grid_sizes=(7 if args.width >= 256 else 3,), width=args.width,
+                                    height=args.height, num_frames=args.num_frames, layout="vlmpuzzle")[0]
         clip = load_clip(Path(tmp) / "maze_square" / "solutions" / f"{record['id']}_solution.mp4", *shape)
     sample = {"video": clip, "prompt": record["prompt"]}
 
@@ -140,7 +141,7 @@ def main() -> int:
     def fresh_optimizer(dtype):
         """Same LoRA init, same seeds, same schedule (DiffSynth's: lr/3 for 5 steps) for every run, so the loss
         curves are comparable."""
-        for p, init in zip(lora, initial_lora):
+        for p, init in zip(lora, initial_lora, strict=True):
             p.data = init.to(dtype).clone()
         optimizer = torch.optim.AdamW(lora, lr=1e-4, weight_decay=1e-2)
         return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer)
@@ -189,7 +190,8 @@ def main() -> int:
         optimizer, scheduler = fresh_optimizer(torch.float32)
         name = f"{name}_ckpt{blocks}{'_compiled' if compiled else ''}"
         try:
-            results["runs"][name] = dict(measure(our_step, args.steps, warmup=3 if compiled else 2), checkpointed=blocks)
+            results["runs"][name] = dict(measure(our_step, args.steps, warmup=3 if compiled else 2),
+                                         checkpointed=blocks)
             if device.type == "cuda":
                 results["runs"][name]["attention_kernels"] = attention_kernels(lambda: our_step(0))
             if device.type == "cuda" and compiled and setting == "auto" and args.out:
@@ -236,7 +238,8 @@ def main() -> int:
                   f"{run['dit_tflops']:12.0f}")
         else:
             print(f"{name:40s} {run['error']}")
-    print("losses (same seeds):", {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
+    print("losses (same seeds):",
+          {name: [round(x, 4) for x in run.get("losses", [])] for name, run in results["runs"].items()})
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0

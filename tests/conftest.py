@@ -75,3 +75,12 @@ def run_until_state(command, workdir, state_dir, sig):
     os.killpg(process.pid, sig)
     output, _ = process.communicate(timeout=120)
     return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script(train_command(demo_data, workdir / "out"), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+

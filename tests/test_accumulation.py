@@ -6,7 +6,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_lora, curve, free_port, losses, run_script, run_until_state, train_command
-from test_train import uninterrupted  # noqa: F401 (a fixture)
 
 
 def one_process_ga2(demo, output_dir):
@@ -33,7 +32,7 @@ def test_one_process_with_accumulation_2_trains_like_two_processes(accumulated, 
     assert losses(accumulated)[5]["lr"] == pytest.approx(1e-4)
     assert sorted(p.name for p in accumulated.glob("step-*.safetensors")) == sorted(
         p.name for p in two_processes.glob("step-*.safetensors"))
-    for a, b in zip(losses(accumulated), losses(two_processes)):
+    for a, b in zip(losses(accumulated), losses(two_processes), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     first = load_file(str(accumulated / "final.safetensors"))
     second = load_file(str(two_processes / "final.safetensors"))

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import REPO, SIZE, assert_same_lora, curve, free_port, run_script, train_command
-from test_train import uninterrupted  # noqa: F401 (a fixture)
 from wan_sft import cache
 from wan_sft.data import ClipDataset, read_training_csv
 from wan_sft.model_files import locate_model_files
+
 
 def clip_key(sample, files, **changes):
     settings = dict(num_frames=9, height=160, width=96, dtype=torch.float32)
@@ -133,7 +133,8 @@ def test_training_from_cache_is_bitwise_the_same_and_rebuilds_broken_entries(dem
     assert f"latent cache entry {entries[0]} is corrupt; encoding it again" in second.stderr
     assert cache.entry_size(entries[0], cache.CLIP_TENSORS) is not None
     assert_same_lora(tmp_path / "a" / "out" / "final.safetensors", tmp_path / "c" / "out" / "final.safetensors")
-    assert json.loads((tmp_path / "c" / "out" / "training_args.json").read_text())["cache_dir"] == str(tmp_path / "cache")
+    training_args = json.loads((tmp_path / "c" / "out" / "training_args.json").read_text())
+    assert training_args["cache_dir"] == str(tmp_path / "cache")
 
 
 def break_after_the_scan(path):

@@ -3,8 +3,8 @@ import json
 import os
 
 import pytest
-
 from test_data import make_video
+
 from wan_sft import clip_record
 from wan_sft.config import InputError
 from wan_sft.data import validate_training_csv, write_training_csv
@@ -47,7 +47,7 @@ def test_relaunch_decodes_only_changed_clips_and_says_how_many(dataset, decodes,
     assert entry == [os.stat(clips[0]).st_size, os.stat(clips[0]).st_mtime_ns, [9, 64, 64, 16.0]]
 
     decodes.clear()
-    assert f"clip check: 0 of 4 clips decoded, 4 unchanged" in check(csv_path, capsys)
+    assert "clip check: 0 of 4 clips decoded, 4 unchanged" in check(csv_path, capsys)
     assert decodes == []
 
     os.utime(clips[2], ns=(1, 1))  # same bytes, new mtime: decoded again

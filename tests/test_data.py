@@ -6,8 +6,16 @@ import pytest
 from PIL import Image
 
 from wan_sft.config import InputError
-from wan_sft.data import (ClipDataset, Problem, Sample, check_samples, load_clip, read_training_csv,
-                          validate_training_csv, write_training_csv)
+from wan_sft.data import (
+    ClipDataset,
+    Problem,
+    Sample,
+    check_samples,
+    load_clip,
+    read_training_csv,
+    validate_training_csv,
+    write_training_csv,
+)
 from wan_sft.video import write_video
 
 TRICKY_PROMPTS = ['Draw a red path, then stop.', 'He said "go" twice', 'line one\nline two', 'a,"b",\r\nc', "42",

@@ -219,8 +219,9 @@ def test_a_prompt_key_without_prompts_is_named_before_any_model_loads(roots, cap
 
     assert parallel_eval(["--dataset_root", str(roots / "a"), "--candidates_dir", str(roots),
                           "--prompt_key", "ti2v_prompt"]) == 2
-    assert capsys.readouterr().err == (f"error: {roots}/a/circle_center/data.json record 1 (id circle_center_s0_00000): "
-                                       f"has no 'ti2v_prompt'; add the prompt or choose another --prompt_key\n")
+    assert capsys.readouterr().err == (f"error: {roots}/a/circle_center/data.json record 1 "
+                                       "(id circle_center_s0_00000): "
+                                       "has no 'ti2v_prompt'; add the prompt or choose another --prompt_key\n")
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from test_evaluation import FRAMES, H, W  # noqa: F401 - the tiny puzzle size
 
 from conftest import REPO, free_port, losses, run_script, train_command
-from test_evaluation import W, H, FRAMES  # noqa: F401 - the tiny puzzle size
 
 
 @contextlib.contextmanager
@@ -42,6 +41,7 @@ def partial_files(root: Path) -> list[Path]:
 
 def test_eval_item_on_a_full_disk_keeps_finished_items(tmp_path):
     from test_evaluation import _candidates
+
     from wan_sft.puzzles import generate_maze_task
 
     dataset = tmp_path / "dataset"
@@ -115,6 +115,7 @@ def test_generating_eval_worker_on_a_full_disk_stops_the_run_with_one_line(tiny_
         assert result.returncode == 1, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert re.fullmatch(rf"error: could not write {out}/midpoint/\S+\.mp4: .+; 0\.0 MiB free on that filesystem\. "
-                            r"Finished items are kept: free space and rerun the same command to do the rest", last), last
+                            r"Finished items are kept: free space and rerun the same command to do the rest",
+                            last), last
         assert "Traceback" not in result.stderr and not partial_files(out)
         assert not list(out.glob("midpoint/*"))

@@ -4,10 +4,10 @@ import pytest
 from PIL import Image
 
 from wan_sft.data import ClipDataset, Sample
+from wan_sft.datasets import read_puzzles
 from wan_sft.geometry import cut_fractions, fit_image, placement
 from wan_sft.inference import GenerationSettings, generate
 from wan_sft.puzzles import generate_task
-from wan_sft.datasets import read_puzzles
 from wan_sft.video import read_frames
 
 

@@ -98,7 +98,8 @@ def test_unreadable_image_is_an_error(tiny_model, tmp_path, capsys, problem):
         image.write_bytes(b"not a png")
     assert main(_argv(tiny_model, image, tmp_path / "x.mp4")) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {image}: ") and ("image not found" if problem == "missing" else "not a readable image") in err
+    assert err.startswith(f"error: {image}: ")
+    assert ("image not found" if problem == "missing" else "not a readable image") in err
 
 
 def test_missing_model_and_lora_files_are_errors(tiny_model, puzzle, tmp_path, capsys):
@@ -109,7 +110,8 @@ def test_missing_model_and_lora_files_are_errors(tiny_model, puzzle, tmp_path, c
 
 
 def test_generation_decodes_untiled_unless_asked_for_tiles(tiny_model, puzzle, monkeypatch):
-    """Evaluation and inference.py decode the whole video at once (faster); validation beside training asks for tiles."""
+    """Evaluation and inference.py decode the whole video at once (faster); validation beside training asks for
+    tiles."""
     pipe, _ = load_generator(tiny_model, None, "cpu")
     real_decode, tiled_flags = pipe.vae.decode, []
 

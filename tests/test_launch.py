@@ -1,6 +1,6 @@
 """The single-node launcher: the config it writes, and bad input refused before anything is written or loaded."""
-import yaml
 import pytest
+import yaml
 
 from conftest import REPO, run_script
 from wan_sft.launch import accelerate_config, write_accelerate_config

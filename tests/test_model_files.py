@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wan_sft.config import InputError
-from wan_sft.model_files import (DIT_SHARDS, T5_FILE, TOKENIZER_DIR, VAE_FILE, load_pipeline, locate_model_files)
+from wan_sft.model_files import DIT_SHARDS, T5_FILE, TOKENIZER_DIR, VAE_FILE, load_pipeline, locate_model_files
 
 
 def test_tiny_folder_loads_through_diffsynth_model_detection(tiny_model):

@@ -200,7 +200,7 @@ def test_trim_resamples_whole_clip_to_exact_shape(tmp_path, capsys):
     code, out, _ = run(capsys, "--csv", tmp_path / "in.csv", "--output", tmp_path / "out.csv", "--trim",
                        "--num_frames", "9", "--height", "32", "--width", "64")
     assert code == 0 and "warning" not in out
-    for (video, _), source in zip(rows(tmp_path / "out.csv"), [long, short]):
+    for (video, _), source in zip(rows(tmp_path / "out.csv"), [long, short], strict=True):
         assert video.startswith(str(tmp_path / "out_clips") + "/")
         info = probe_video(video)
         assert (info.num_frames, info.width, info.height) == (9, 64, 32)

@@ -6,8 +6,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from wan_sft.config import InputError
-from wan_sft.puzzles import (MAZE_PROMPT, generate_maze_task, generate_midpoint_task, main_generate, make_maze,
-                             parse_grid)
+from wan_sft.puzzles import (
+    MAZE_PROMPT,
+    generate_maze_task,
+    generate_midpoint_task,
+    main_generate,
+    make_maze,
+    parse_grid,
+)
 from wan_sft.scoring import score_eyeballing, score_maze
 from wan_sft.video import probe_video, read_frames
 
@@ -57,7 +63,7 @@ def test_maze_records_and_unique_valid_path(tmp_path):
         assert all(v == 1 for v in grid[0] + grid[-1] + [row[0] for row in grid] + [row[-1] for row in grid])
         path = [divmod(i, size) for i in record["solution_path_cell_ids"]]
         assert list(path[0]) == record["start"] and list(path[-1]) == record["goal"]
-        for (r1, c1), (r2, c2) in zip(path, path[1:]):
+        for (r1, c1), (r2, c2) in zip(path, path[1:], strict=False):
             assert abs(r1 - r2) + abs(c1 - c2) == 1 and grid[r2][c2] == 0
         # perfect maze: passages form a tree (edges = nodes - 1) and are all connected -> the path is unique
         nodes = [(r, c) for r in range(size) for c in range(size) if grid[r][c] == 0]

@@ -274,7 +274,8 @@ def test_training_report_with_validation_and_best(tmp_path, page):
     _write_train_log(tmp_path, 60)
     rows = ["step,task,items,passed,pass_rate"] + [
         f"{step},{task},4,{passed},{passed / 4}"
-        for step, results in ((20, (1, 2)), (40, (3, 4)), (60, (2, 3))) for task, passed in zip(("maze", "midpoint"), results)]
+        for step, results in ((20, (1, 2)), (40, (3, 4)), (60, (2, 3)))
+        for task, passed in zip(("maze", "midpoint"), results, strict=True)]
     (tmp_path / "validation.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "best.json").write_text(json.dumps({"step": 40, "pass_rate": 0.875, "lora": "step-40.safetensors"}))
     problems = _open(page, write_training_report(tmp_path).as_uri())

@@ -5,8 +5,15 @@ import pytest
 from PIL import Image
 
 from wan_sft.puzzles import make_maze
-from wan_sft.scoring import (ARC_PALETTE, is_maze_task, nearest_arc_colour, overlay_image, score_eyeballing,
-                             score_item, score_maze)
+from wan_sft.scoring import (
+    ARC_PALETTE,
+    is_maze_task,
+    nearest_arc_colour,
+    overlay_image,
+    score_eyeballing,
+    score_item,
+    score_maze,
+)
 from wan_sft.video import read_frames, write_video
 
 W, H = 160, 288

@@ -129,7 +129,8 @@ def test_sbatch_script(tmp_path, monkeypatch, cpu):
     assert task[task.index("--output_dir") + 1] == str(out) and task[task.index("--lora_rank") + 1] == "32"
     assert "SLURM_NODEID" not in srun_line  # each task reads its own rank, nothing is expanded in the batch shell
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)
-    no_signal = slurm.sbatch_script(parse(["--dataset", "d", "--model_base_path", "m", "--num_nodes", "2", "--pre_timeout", "0"]))
+    no_signal = slurm.sbatch_script(parse(["--dataset", "d", "--model_base_path", "m", "--num_nodes", "2",
+                                           "--pre_timeout", "0"]))
     assert "#SBATCH --signal" not in no_signal and "#SBATCH --requeue" in no_signal
 
 
@@ -163,7 +164,7 @@ def test_launch_command_per_node(tmp_path, monkeypatch):
     gpu = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "15", "--gpus_per_node", "8"])
     for rank in (0, 14):
         command, env = slurm.launch_command(gpu, rank, 15, "gpu01", 23456)
-        flag = lambda name: command[command.index(name) + 1]  # noqa: E731
+        flag = lambda name, command=command: command[command.index(name) + 1]  # noqa: E731
         assert (flag("--num_machines"), flag("--num_processes"), flag("--machine_rank")) == ("15", "120", str(rank))
         assert (flag("--main_process_ip"), flag("--main_process_port")) == ("gpu01", "23456")
         assert flag("--deepspeed_multinode_launcher") == "standard" and flag("--expected_world_size") == "120"
@@ -279,7 +280,8 @@ def cluster(tmp_path_factory):
         print(f"slurm cluster up in {time.monotonic() - started:.0f}s")
         yield
     finally:
-        subprocess.run(["bash", str(SLURM_SCRIPTS / "slurm-teardown.sh")], env=lab_env, capture_output=True, timeout=300)
+        subprocess.run(["bash", str(SLURM_SCRIPTS / "slurm-teardown.sh")], env=lab_env, capture_output=True,
+                       timeout=300)
 
 
 def job_field(job: str, field: str) -> str:

@@ -5,20 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, assert_same_lora, curve, free_port, losses, run_script, run_until_state, train_command
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(demo_data, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_script(train_command(demo_data, workdir / "out"), cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result
 
 
 def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data):
@@ -32,7 +25,8 @@ def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data
     states = sorted(p.name for p in (out / "states").iterdir())
     assert states == ["step-00000010", "step-00000012"]  # newest 2 kept
     progress = json.loads((out / "states" / "step-00000012" / "progress.json").read_text())
-    assert (progress["global_step"], progress["epoch"], progress["sample_in_epoch"], progress["world_size"]) == (12, 3, 0, 2)
+    assert (progress["global_step"], progress["epoch"], progress["sample_in_epoch"],
+            progress["world_size"]) == (12, 3, 0, 2)
     assert json.loads((out / "training_args.json").read_text())["lora_rank"] == 4
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     config = (workdir / "accelerate_config.yaml").read_text()

@@ -41,7 +41,7 @@ def test_validation_runs_at_every_save_on_both_ranks(validated_run, demo_data):
     rows = read_rows(out)
     assert [(r["step"], r["task"], r["column"], r["items"]) for r in rows] == [
         row for s in VAL_STEPS for row in ((s, "maze_square", "Maze Square", 4), (s, "", "Maze Square", 4))]
-    assert all(task["pass_rate"] == column["pass_rate"] for task, column in zip(rows[::2], rows[1::2]))
+    assert all(task["pass_rate"] == column["pass_rate"] for task, column in zip(rows[::2], rows[1::2], strict=True))
     rows = [r for r in rows if r["task"]]
     keys = held_out_keys(demo_data)
     for step in VAL_STEPS:
@@ -174,8 +174,10 @@ def test_training_report_shows_loss_pass_rate_and_best(validated_run, tmp_path):
         page = browser.new_page()
         problems = watch(page)
         page.goto((out / "training_report.html").as_uri(), wait_until="load")
-        series = page.evaluate("""Object.fromEntries([...document.querySelectorAll('svg path.series')].map(p =>
-            [p.closest('div').id + ':' + p.dataset.series, p.getAttribute('d').split(/[ML]/).filter(Boolean).length]))""")
+        series = page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('svg path.series')].map(p =>\n"
+            "            [p.closest('div').id + ':' + p.dataset.series, "
+            "p.getAttribute('d').split(/[ML]/).filter(Boolean).length]))")
         assert series["loss-chart:loss"] == 8
         assert series["validation-chart:maze_square"] == len(VAL_STEPS)
         for chart in ("#loss-chart", "#validation-chart"):

@@ -33,8 +33,8 @@ def run_fingerprint(args, num_samples: int) -> str:
     """Settings a resumed run must share with the run that saved the state (train.py and the launchers); the
     number of processes and accumulation steps are checked apart (--allow_world_size_change)."""
     keys = dict(dataset=Path(args.dataset).resolve().as_posix(), num_samples=num_samples,
-                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank, seed=args.seed,
-                fit=args.fit)
+                num_frames=args.num_frames, height=args.height, width=args.width, lora_rank=args.lora_rank,
+                seed=args.seed, fit=args.fit)
     return json.dumps(keys, sort_keys=True)
 
 

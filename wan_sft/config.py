@@ -98,12 +98,14 @@ def add_training_args(parser) -> None:
                         help="latent cache folder (default: <output_dir>/latent_cache; can be shared between runs)")
     parser.add_argument("--no_cache", action="store_true", help="encode every clip on the fly instead of caching")
     parser.add_argument("--checkpoint_blocks", type=int, default=None,
-                        help="DiT blocks to run with activation checkpointing (default: as few as fit in 60 GiB; all on CPU)")
+                        help="DiT blocks to run with activation checkpointing "
+                             "(default: as few as fit in 60 GiB; all on CPU)")
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--fp8_base", action="store_true",
                         help="APPROXIMATE, faster on Hopper GPUs: the frozen DiT block linears under the LoRA in FP8 "
                              "(forward and input gradients; e4m3, row-wise scales); the LoRA and AdamW stay fp32")
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in total (default: all epochs)")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="stop after this many steps in total (default: all epochs)")
     parser.add_argument("--collective_timeout", type=int, default=600,
                         help="seconds a collective may wait, and a step may take, before a hung rank ends the run")
     parser.add_argument("--report_to", choices=["tensorboard", "wandb", "all"], default="tensorboard",
@@ -115,7 +117,8 @@ def add_training_args(parser) -> None:
     parser.add_argument("--val_every", type=int, default=None, help="validate every N steps (default: --save_steps)")
     parser.add_argument("--val_count", type=int, default=8, help="puzzles to validate on (the first K by task/id)")
     parser.add_argument("--val_ids_file", default=None,
-                        help="lines task/id to validate on (default: the CSV's <stem>_val_ids.txt if present, else all)")
+                        help="lines task/id to validate on "
+                             "(default: the CSV's <stem>_val_ids.txt if present, else all)")
     parser.add_argument("--val_prompt_key", default=None,
                         help="record key of the validation prompts (default: ti2v_prompt, else prompt)")
     parser.add_argument("--val_num_inference_steps", type=int, default=50,

@@ -174,8 +174,8 @@ def _check_video(video: str, num_frames: int | None, height: int, width: int, fi
     return [(False, "resolution differs", f"{size}: training resizes it (--fit {fit})")]
 
 
-def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int,
-                  workers: int | None = None, fit: str = DEFAULT_FIT, record=None) -> tuple[list[Problem], list[Problem]]:
+def check_samples(samples: list[Sample], num_frames: int | None, height: int, width: int, workers: int | None = None,
+                  fit: str = DEFAULT_FIT, record=None) -> tuple[list[Problem], list[Problem]]:
     """Decode every video once, in parallel (with a ClipRecord: only new or changed ones); return (fatal problems,
     warnings) in row order."""
     probe = record.probe if record else probe_video
@@ -184,7 +184,7 @@ def check_samples(samples: list[Sample], num_frames: int | None, height: int, wi
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(lambda video: _check_video(video, num_frames, height, width, fit, probe), videos)
         findings = dict(zip(videos, tqdm(results, total=len(videos), desc="checking videos", unit="video",
-                                         disable=len(videos) < PROGRESS_MIN_ITEMS)))
+                                         disable=len(videos) < PROGRESS_MIN_ITEMS), strict=True))
     fatal, warnings = [], []
     for sample in samples:
         for is_fatal, kind, reason in findings[sample.video]:

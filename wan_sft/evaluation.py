@@ -34,8 +34,15 @@ from .config import HelpFormatter, InputError, environment_help
 from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import WriteFailed, atomic_save_image, atomic_write, write_failed
 from .geometry import DEFAULT_FIT, fit_image
-from .inference import (GenerationSettings, add_generation_args, check_generation_args, generate, load_generator,
-                        read_image, settings_from_args)
+from .inference import (
+    GenerationSettings,
+    add_generation_args,
+    check_generation_args,
+    generate,
+    load_generator,
+    read_image,
+    settings_from_args,
+)
 from .leaderboard import column_scores, rule_of
 from .scoring import VISUAL_METRICS, overlay_image, score_item
 

@@ -18,8 +18,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .config import (DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES, DEFAULT_WIDTH, LORA_HELP, HelpFormatter, InputError,
-                     add_model_base_path, add_video_shape_args, check_video_shape, environment_help)
+from .config import (
+    DEFAULT_HEIGHT,
+    DEFAULT_NUM_FRAMES,
+    DEFAULT_WIDTH,
+    LORA_HELP,
+    HelpFormatter,
+    InputError,
+    add_model_base_path,
+    add_video_shape_args,
+    check_video_shape,
+    environment_help,
+)
 from .fsutil import atomic_save_image
 from .geometry import DEFAULT_FIT, FITS, fit_image
 

@@ -33,8 +33,9 @@ def accelerate_config(num_processes: int, use_gpu: bool, gradient_accumulation_s
                   main_training_function="main", downcast_bf16="no", tpu_use_cluster=False, tpu_use_sudo=False)
     if use_gpu:
         return dict(common, distributed_type="DEEPSPEED", mixed_precision="bf16", use_cpu=False, gpu_ids="all",
-                    deepspeed_config=dict(zero_stage=2, gradient_accumulation_steps=gradient_accumulation_steps, offload_optimizer_device="none",
-                                          offload_param_device="none", zero3_init_flag=False,
+                    deepspeed_config=dict(zero_stage=2, gradient_accumulation_steps=gradient_accumulation_steps,
+                                          offload_optimizer_device="none", offload_param_device="none",
+                                          zero3_init_flag=False,
                                           deepspeed_multinode_launcher="standard"))
     if num_processes == 1:
         return dict(common, distributed_type="NO", mixed_precision="no", use_cpu=True)
@@ -47,7 +48,8 @@ def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu
 
     text = yaml.safe_dump(accelerate_config(num_processes, use_gpu, gradient_accumulation_steps), sort_keys=True)
     if not use_gpu and num_processes > 1:
-        text = "# CPU ranks: accelerate needs MULTI_GPU here plus ACCELERATE_USE_CPU=true (set by the launcher)\n" + text
+        text = ("# CPU ranks: accelerate needs MULTI_GPU here plus ACCELERATE_USE_CPU=true (set by the launcher)\n"
+                + text)
     atomic_write(path, text)
     return Path(path)
 
@@ -133,7 +135,10 @@ def single_node(argv: list[str]) -> int:
     if not gpus:
         os.environ["ACCELERATE_USE_CPU"] = "true"
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    where = f"{num_processes} GPU{'s' if num_processes > 1 else ''}" if gpus else f"CPU ({num_processes} process{'es' if num_processes > 1 else ''})"
+    if gpus:
+        where = f"{num_processes} GPU{'s' if num_processes > 1 else ''}"
+    else:
+        where = f"CPU ({num_processes} process{'es' if num_processes > 1 else ''})"
     print(f"training on {where}; config {yaml_path}; output {os.path.abspath(args.output_dir)}", flush=True)
     print("+ " + shlex.join(command), flush=True)
     return run_accelerate(command[3:])

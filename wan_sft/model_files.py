@@ -70,7 +70,8 @@ def locate_model_files(base: str | os.PathLike | None) -> ModelFiles:
 
 def _check_weights_file(path: Path) -> None:
     if not path.is_file():
-        raise InputError(f"{path}: model file not found (MODEL_BASE_PATH must hold {', '.join((*DIT_SHARDS, T5_FILE, VAE_FILE))} and {TOKENIZER_DIR}/)")
+        raise InputError(f"{path}: model file not found (MODEL_BASE_PATH must hold "
+                         f"{', '.join((*DIT_SHARDS, T5_FILE, VAE_FILE))} and {TOKENIZER_DIR}/)")
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -215,14 +216,16 @@ def _write_word_level_tokenizer(path: Path) -> None:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")
     tokenizer.save_pretrained(str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write a random-weight Wan2.2-TI2V-5B model folder (MODEL_BASE_PATH layout).")
+    parser = argparse.ArgumentParser(
+        description="Write a random-weight Wan2.2-TI2V-5B model folder (MODEL_BASE_PATH layout).")
     parser.add_argument("out", help="folder to write")
     parser.add_argument("--size", choices=("tiny", "5b"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def gather(dit: torch.nn.Module, adamw: torch.optim.AdamW, scheduler, deepspeed:
         else:
             state = adamw.state[param]
             values = (param, state["exp_avg"], state["exp_avg_sq"])
-        for kind, value in zip(("lora", "exp_avg", "exp_avg_sq"), values):
+        for kind, value in zip(("lora", "exp_avg", "exp_avg_sq"), values, strict=True):
             tensors[f"{kind}/{name}"] = value.detach().float().cpu().contiguous()
     tensors["step"] = next(iter(adamw.state.values()))["step"].detach().float().cpu().reshape(1)
     return save(tensors, metadata={"scheduler": json.dumps(scheduler.state_dict())})

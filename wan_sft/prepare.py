@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import HelpFormatter, InputError, add_video_shape_args, check_video_shape
 from .clip_record import ClipRecord, record_path
+from .config import HelpFormatter, InputError, add_video_shape_args, check_video_shape
 from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
 from .fsutil import atomic_write
 from .geometry import DEFAULT_FIT, FITS, fit_image

@@ -122,9 +122,9 @@ def _draw_partial_path(canvas: np.ndarray, centres: list[tuple[int, int]], thick
     if progress <= 0:
         return
     half = thickness // 2
-    lengths = [abs(bx - ax) + abs(by - ay) for (ax, ay), (bx, by) in zip(centres, centres[1:])]
+    lengths = [abs(bx - ax) + abs(by - ay) for (ax, ay), (bx, by) in zip(centres, centres[1:], strict=False)]
     remaining = progress * sum(lengths)
-    for ((ax, ay), (bx, by)), length in zip(zip(centres, centres[1:]), lengths):
+    for ((ax, ay), (bx, by)), length in zip(zip(centres, centres[1:], strict=False), lengths, strict=True):
         if remaining <= 0:
             break
         frac = min(1.0, remaining / length)
@@ -183,8 +183,8 @@ def _candidates_around(rng: random.Random, answer: tuple[float, float], radius: 
         a = turn + k * math.pi / 2 + rng.uniform(-math.pi / 12, math.pi / 12)
         d = rng.uniform(2.4 * radius, 3.2 * radius)
         points.append((answer[0] + math.cos(a) * d, answer[1] + math.sin(a) * d))
-    candidates = sorted(({"x": round(x, 2), "y": round(y, 2), "label": lab} for lab, (x, y) in zip(labels, points)),
-                        key=lambda c: c["label"])
+    candidates = sorted(({"x": round(x, 2), "y": round(y, 2), "label": lab}
+                         for lab, (x, y) in zip(labels, points, strict=True)), key=lambda c: c["label"])
     return candidates, labels[0]
 
 

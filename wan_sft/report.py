@@ -159,9 +159,8 @@ def write_report(output_dir: Path) -> Path:
     tasks = {name: _with_defaults(given_tasks.get(name) or {}, [r for r in results if str(r.get("task", "?")) == name])
              for name in task_names}
     given_overall = summary.get("overall") or {}
-    overall = _with_defaults({**given_overall,
-                              "failure_reasons": summary.get("failure_reasons") or given_overall.get("failure_reasons")},
-                             results)
+    failure_reasons = summary.get("failure_reasons") or given_overall.get("failure_reasons")
+    overall = _with_defaults({**given_overall, "failure_reasons": failure_reasons}, results)
     cards = sorted((_card(r, output_dir) for r in results), key=lambda c: (c["task"], c["id"]))
     settings = {k: format_value(v) for k, v in (summary.get("settings") or {}).items()}
     translations = {}
@@ -300,8 +299,9 @@ def write_training_report(output_dir: Path) -> Path:
     if log:
         steps, losses = [r["step"] for r in log], [r["loss"] for r in log]
         loss_chart = line_chart(
-            [Series("loss", list(zip(steps, losses)), PALETTE[0], width=1, opacity=0.35),
-             Series(f"mean of {window}", list(zip(steps, moving_average(losses, window))), PALETTE[1], width=2)],
+            [Series("loss", list(zip(steps, losses, strict=True)), PALETTE[0], width=1, opacity=0.35),
+             Series(f"mean of {window}", list(zip(steps, moving_average(losses, window), strict=True)), PALETTE[1],
+                    width=2)],
             x_label="step", y_label="loss", x_range=x_range, best_step=best_step)
     if validation:
         validation_chart = line_chart(

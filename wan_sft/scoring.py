@@ -132,7 +132,7 @@ def corridor_mask(record: dict, where, target_size) -> np.ndarray | None:
     cols = len(bboxes[0])
     cells = [_cell_coords(i, cols) for i in ids]
     blocks = set(cells)
-    for (r1, c1), (r2, c2) in zip(cells, cells[1:]):
+    for (r1, c1), (r2, c2) in zip(cells, cells[1:], strict=False):
         if r1 == r2 or c1 == c2:
             for r in range(min(r1, r2), max(r1, r2) + 1):
                 for c in range(min(c1, c2), max(c1, c2) + 1):
@@ -418,7 +418,8 @@ def score_arc(frame: Image.Image, solution_size, layout) -> dict:
         x0, y0 = max(0, min(width - 1, x0)), max(0, min(height - 1, y0))
         x1, y1 = max(x0 + 1, min(width, x1)), max(y0 + 1, min(height, y1))
         predicted[r][c] = nearest_arc_colour(array[y0:y1, x0:x1].mean(axis=(0, 1)))
-    wrong = sum(p != e for row_p, row_e in zip(predicted, expected) for p, e in zip(row_p, row_e))
+    wrong = sum(p != e for row_p, row_e in zip(predicted, expected, strict=True)
+                for p, e in zip(row_p, row_e, strict=True))
     return {"pass": wrong == 0, "failure_reason": None if wrong == 0 else "wrong_cells",
             "cells_wrong": wrong, "cells_total": layout[3] * layout[4], "predicted_grid": predicted}
 

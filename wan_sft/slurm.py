@@ -53,7 +53,8 @@ def node_env(environ: dict) -> dict:
     missing = [name for name in ("SLURM_JOB_ID", "SLURM_NODEID", "SLURM_NNODES") if name not in environ]
     if missing:
         raise InputError(f"--in_task runs inside `srun` only: {', '.join(missing)} not set")
-    job_id, node_rank, num_nodes = int(environ["SLURM_JOB_ID"]), int(environ["SLURM_NODEID"]), int(environ["SLURM_NNODES"])
+    job_id, node_rank, num_nodes = (int(environ["SLURM_JOB_ID"]), int(environ["SLURM_NODEID"]),
+                                    int(environ["SLURM_NNODES"]))
     if not 0 <= node_rank < num_nodes:
         raise InputError(f"SLURM_NODEID {node_rank} is outside 0..{num_nodes - 1}")
     return dict(job_id=job_id, node_rank=node_rank, num_nodes=num_nodes)
@@ -115,11 +116,16 @@ def batch_body(args, python: str = sys.executable) -> str:
                  "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DIFFSYNTH_SKIP_DOWNLOAD=True"]
     task = shlex.join([python, "-m", "wan_sft.launch", "multi", *task_argv(args)])
     states = shlex.quote(str(Path(os.path.abspath(args.output_dir)) / "states"))
+    shape = f"{args.num_nodes} nodes x {args.gpus_per_node} {'CPU processes' if args.cpu else 'GPUs'}"
+    resume = "submit the same command again to resume from the newest state in "
+    failed = ("error: training failed (srun exit $rc): a training process or node died and srun --kill-on-bad-exit "
+              "stopped the others; see the first error above. Submit the same command again to resume from the newest "
+              "complete state in ")
     return f"""set -uo pipefail
 cd {q(os.getcwd())}
 {chr(10).join(env_lines)}
 say() {{ echo "[wan_sft $(date +%T)] $*"; }}
-say "job $SLURM_JOB_ID run $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )) on $SLURM_JOB_NODELIST ({args.num_nodes} nodes x {args.gpus_per_node} {'CPU processes' if args.cpu else 'GPUs'})"
+say "job $SLURM_JOB_ID run $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )) on $SLURM_JOB_NODELIST ({shape})"
 export {HEAD_ENV}="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
 # srun in 22.05+ does not inherit --cpus-per-task from sbatch
 if [ -n "${{SLURM_CPUS_PER_TASK:-}}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
@@ -155,10 +161,10 @@ if [ "$stop_signal" = USR1 ] || [ "$rc" -eq {WATCHDOG_EXIT} ]; then
   exit 1
 fi
 if [ -n "$stop_signal" ]; then
-  say "stopped by SIG$stop_signal (srun exit $rc): submit the same command again to resume from the newest state in "{states} >&2
+  say "stopped by SIG$stop_signal (srun exit $rc): {resume}"{states} >&2
   exit "$rc"
 fi
-say "error: training failed (srun exit $rc): a training process or node died and srun --kill-on-bad-exit stopped the others; see the first error above. Submit the same command again to resume from the newest complete state in "{states} >&2
+say "{failed}"{states} >&2
 exit "$rc"
 """
 
@@ -225,8 +231,10 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds before the time limit at which training saves and the job requeues itself (0: off)")
     p.add_argument("--job_name", default=DEFAULT_JOB_NAME, help="Slurm job name")
     p.add_argument("--sbatch_args", default="",
-                   help='extra sbatch options, e.g. "--partition gpu --account x --time 2-00:00:00" (SBATCH_* env works too)')
-    p.add_argument("--dry_run", action="store_true", help="print the sbatch script and node launch commands; submit nothing")
+                   help='extra sbatch options, e.g. "--partition gpu --account x --time 2-00:00:00" '
+                        "(SBATCH_* env works too)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print the sbatch script and node launch commands; submit nothing")
     p.add_argument("--in_task", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -291,7 +299,8 @@ def submit(args) -> int:
     print(f"submitted job {job_id}: {args.num_nodes} nodes x {args.gpus_per_node} "
           f"{'CPU processes' if args.cpu else 'GPUs'} = {num_processes(args)} processes", flush=True)
     print(f"log: {log}", flush=True)
-    print(f"follow: tail -f {shlex.quote(log)}; stop: scancel {job_id} (rerunning the same command resumes)", flush=True)
+    print(f"follow: tail -f {shlex.quote(log)}; stop: scancel {job_id} (rerunning the same command resumes)",
+          flush=True)
     return 0
 
 

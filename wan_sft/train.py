@@ -23,8 +23,8 @@ import torch
 from . import cache, checkpoints, config, portable_state
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
-from .fsutil import WriteFailed, append_line, atomic_write
 from .fp8 import convert_block_linears
+from .fsutil import WriteFailed, append_line, atomic_write
 from .lora import add_lora, export_lora, lora_state_dict, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
@@ -41,7 +41,8 @@ class FlowMatchLoss(torch.nn.Module):
         self.dit, self.vae, self.text_encoder = pipe.dit, pipe.vae, pipe.text_encoder
         self.training_inputs = dict(
             num_frames=num_frames, height=height, width=width, cfg_scale=1, tiled=False, rand_device="cpu",
-            cfg_merge=False, use_gradient_checkpointing=False, use_gradient_checkpointing_offload=False,  # per block, see acceleration.py
+            # gradient checkpointing is per block, see acceleration.py
+            cfg_merge=False, use_gradient_checkpointing=False, use_gradient_checkpointing_offload=False,
             max_timestep_boundary=1, min_timestep_boundary=0, fuse_vae_embedding_in_latents=True)
 
     def encode(self, sample: dict) -> dict:
@@ -237,7 +238,8 @@ def main(argv=None) -> int:
             export_lora(state, output_dir / f"{name}.safetensors")
 
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + progress.epoch)).tolist()
+        epoch_generator = torch.Generator().manual_seed(args.seed + progress.epoch)
+        order = torch.randperm(len(samples), generator=epoch_generator).tolist()
         step_starts = range(progress.sample_in_epoch, len(samples), batch)
         # This rank's positions; those past the end (last step of an epoch) are computed with zero weight.
         positions = [start + m * world + rank for start in step_starts for m in range(accumulation)]
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
                 accelerator.end_training()
                 return 1
             loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
-            for position, sample in zip(positions[:accumulation], step_samples):
+            for position, sample in zip(positions[:accumulation], step_samples, strict=True):
                 weight = float(position < len(samples))
                 with accelerator.accumulate(model):
                     loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
@@ -307,7 +309,8 @@ def main(argv=None) -> int:
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
                 with watchdog.paused():
                     validator.run(progress.global_step, current_lora)
-            if progress.global_step % args.save_steps == 0 or end_of_epoch or stopping or progress.global_step == total_steps:
+            if (progress.global_step % args.save_steps == 0 or end_of_epoch or stopping
+                    or progress.global_step == total_steps):
                 saved_step = save_state()
             watchdog.step_finished(progress.global_step)
             if stopping:
@@ -373,7 +376,7 @@ def _die_with_launcher() -> None:
 
 def _keep_only_trainable_weights(models, weights, output_dir):
     """accelerate saves whole state dicts; the frozen base is already on disk, so keep the LoRA only."""
-    for model, state in zip(models, weights):
+    for model, state in zip(models, weights, strict=True):
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         for key in [k for k in state if k not in trainable]:
             del state[key]

@@ -36,9 +36,9 @@ from .datasets import PuzzleItem
 from .evaluation import check_image_header, find_items, needs_solution_image, read_ids_file, solution_image_path
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
+from .leaderboard import column_scores
 from .lora import export_lora
 from .report import write_training_report
-from .leaderboard import column_scores
 from .scoring import score_item
 from .video import read_frames, write_video
 
@@ -217,7 +217,8 @@ def per_task_rows(step: int, results: list[dict]) -> list[dict]:
 
 
 class TaskValidator:
-    """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the same on every rank)."""
+    """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the
+    same on every rank)."""
 
     def __init__(self, args, accelerator, pipe):
         self.accelerator, self.pipe = accelerator, pipe
