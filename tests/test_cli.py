@@ -19,7 +19,8 @@ TRAINING_DEFAULTS = ["--num_frames NUM_FRAMES frames per clip: 4k+1 (default: 81
                      "--lora_rank LORA_RANK LoRA rank on q,k,v,o,ffn.0,ffn.2 of the DiT (default: 32)",
                      "--num_epochs NUM_EPOCHS passes over the CSV (default: 3)",
                      "--learning_rate LEARNING_RATE AdamW, DiffSynth's schedule (default: 0.0001)",
-                     "--save_steps SAVE_STEPS export a LoRA and save a resumable state every N optimizer steps (default: 250)",
+                     "--save_steps SAVE_STEPS export a LoRA and save a resumable state every N optimizer steps "
+                     "(default: 250)",
                      "--lora_path LORA_PATH, --lora_checkpoint LORA_PATH LoRA .safetensors",
                      "--model_base_path MODEL_BASE_PATH Wan2.2-TI2V-5B folder (default: $MODEL_BASE_PATH)",
                      ENVIRONMENT]

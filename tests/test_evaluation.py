@@ -450,7 +450,8 @@ def test_a_climbing_id_in_data_json_is_refused_at_reading_time(dataset, tmp_path
     (hostile / "midpoint/data.json").write_text(json.dumps(records))
     assert main(["--dataset_root", str(hostile), "--candidates_dir", str(tmp_path), "--output_dir",
                  str(tmp_path / "eval")]) == 2
-    assert "record 1: id '../../x' contains '/', so it cannot be used as a file name; give the record a plain id" in capsys.readouterr().err
+    assert ("record 1: id '../../x' contains '/', so it cannot be used as a file name; give the record a plain id"
+            in capsys.readouterr().err)
     assert not (tmp_path / "eval").exists() and not list(tmp_path.parent.glob("x*"))
 
 
