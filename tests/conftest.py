@@ -64,14 +64,20 @@ def train_command(demo, output_dir, *extra):
             "--save_steps", "2", "--port", free_port(), *SIZE, *extra]
 
 
+def start_until_state(command, workdir, state, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    """Start training in its own process group and return once `state` (a states/step-N folder) is complete."""
+    process = subprocess.Popen(command, cwd=workdir, env={**os.environ, "PYTHON": sys.executable},
+                               stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (state / "COMPLETE").exists():
+        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
+        time.sleep(0.01)
+    return process
+
+
 def run_until_state(command, workdir, state_dir, sig):
     """Start training, wait for its first complete state, send `sig` to the whole process tree."""
-    process = subprocess.Popen(command, cwd=workdir, env={**os.environ, "PYTHON": sys.executable},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not (state_dir / "step-00000002" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
-        time.sleep(0.02)
+    process = start_until_state(command, workdir, state_dir / "step-00000002")
     os.killpg(process.pid, sig)
     output, _ = process.communicate(timeout=120)
     return process.returncode, output

@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from test_evaluation import FRAMES, H, W  # noqa: F401 - the tiny puzzle size
 
-from conftest import REPO, free_port, losses, run_script, train_command
+from conftest import REPO, free_port, losses, run_script, start_until_state, train_command
 
 
 @contextlib.contextmanager
@@ -70,12 +69,7 @@ def test_training_on_a_full_disk_stops_with_one_line_and_resumes(demo_data, tmp_
     with small_filesystem(tmp_path / "small", "4m") as small:
         out = small / "out"
         command = train_command(demo_data, out, "--num_gpus", "1", "--save_steps", "4", "--num_epochs", "1")
-        process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        deadline = time.time() + 300
-        while not (out / "states" / "step-00000004" / "COMPLETE").exists():
-            assert process.poll() is None and time.time() < deadline, "training ended before its first save"
-            time.sleep(0.01)
+        process = start_until_state(command, tmp_path, out / "states" / "step-00000004", stderr=subprocess.PIPE)
         rank = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
         os.kill(rank, signal.SIGSTOP)  # fill the disk between two saves: room for step 8's two exports, not its state
         pages = lambda size: -(-size // 4096) * 4096  # noqa: E731 - tmpfs allocates whole pages

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_same_lora, curve, free_port, losses, run_script, run_until_state, train_command
+from conftest import (
+    REPO,
+    assert_same_lora,
+    curve,
+    free_port,
+    losses,
+    run_script,
+    run_until_state,
+    start_until_state,
+    train_command,
+)
 
 
 def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data):
@@ -162,12 +171,7 @@ def test_a_signal_to_a_one_process_run_saves_and_exits_128_plus_signal(demo_data
     sig = signal.SIGTERM if "SIGTERM" in how else signal.SIGINT
     out = tmp_path / "out"
     command = train_command(demo_data, out, "--num_gpus", "1", "--num_epochs", "100", "--save_steps", "5")
-    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not (out / "states" / "step-00000005" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
-        time.sleep(0.02)
+    process = start_until_state(command, tmp_path, out / "states" / "step-00000005")
     (os.killpg if "group" in how else os.kill)(process.pid, sig)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + sig, output[-3000:]
@@ -187,12 +191,7 @@ def test_a_hung_rank_ends_the_run_naming_the_step_and_a_rerun_resumes_bitwise(un
 
     out = tmp_path / "out"
     command = train_command(demo_data, out, "--collective_timeout", "20")
-    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHON": sys.executable},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not (out / "states" / "step-00000002" / "COMPLETE").exists():
-        assert process.poll() is None and time.time() < deadline, "training ended before its first save"
-        time.sleep(0.02)
+    process = start_until_state(command, tmp_path, out / "states" / "step-00000002")
     ranks = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     assert len(ranks) == 2
     os.kill(int(ranks[1]), signal.SIGSTOP)
