@@ -5,7 +5,8 @@
 #   bash bench/gpu_run.sh train_runs N # train_single_node.sh on N GPUs: kill -9 mid-run, rerun, resume
 #   bash bench/gpu_run.sh train_steady N # train_single_node.sh defaults on N GPUs, 24 steps: median s/step
 #   bash bench/gpu_run.sh infer_eval   # bench/infer_speed.py + parallel_eval.py on 1 vs 2 GPUs (eval: the latter only;
-#                                      EVAL_LIMIT puzzles, default 6)
+#                                      EVAL_LIMIT puzzles, default 6; EVAL_GPUS, default "0 0,1"; EVAL_FLAGS,
+#                                      default --no_compile)
 #   bash bench/gpu_run.sh infer        # bench/infer_speed.py alone: stock vs ours bf16 vs ours --fp8, one run
 #   bash bench/gpu_run.sh train_fp8 N  # bench/train_speed.py: stock, ours bf16, ours --fp8_base, N-step loss curves
 #   bash bench/gpu_run.sh train_steady N [FLAGS]  # as above, with extra training flags (e.g. --fp8_base)
@@ -32,7 +33,8 @@ case "${1:?stage}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpus.txt"
     python3 -c "import torch, diffsynth, deepspeed, accelerate, peft; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'deepspeed', deepspeed.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__)" | tee -a "$OUT/gpus.txt"
     [ -f "$MODEL/Wan2.2_VAE.pth" ] || time python3 -m wan_sft.model_files "$MODEL" --size 5b --device cuda
-    [ -f "$DATA/puzzles/maze_square/data.json" ] || python3 prepare_csv.py generate --out "$DATA/puzzles" --task maze_square --num 12 --grid 5..9
+    [ -f "$DATA/puzzles/maze_square/data.json" ] || python3 prepare_csv.py generate --out "$DATA/puzzles" --task maze_square --num 12 --grid 5..9 \
+      --layout vlmpuzzle --width 480 --height 896 --num_frames 81
     python3 prepare_csv.py --dataset_root "$DATA/puzzles" --output "$DATA/train.csv" --val_count 4
     du -sh "$MODEL" "$DATA";;
   train_bench)
@@ -51,8 +53,7 @@ case "${1:?stage}" in
     bash train_single_node.sh --dataset "$DATA/train.csv" --output_dir "$run" --model_base_path "$MODEL" \
       --num_gpus "$gpus" --num_epochs 100 --max_steps 24 --save_steps 1000 "$@" > "$OUT/steady_$name.log" 2>&1
     tail -3 "$OUT/steady_$name.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_$name.jsonl"
-    python3 -c "import json, statistics, sys; rows = [json.loads(l) for l in open(sys.argv[1])][4:]
-print(f'median s/step over steps 5-{len(rows) + 4}: {statistics.median(r[\"step_seconds\"] for r in rows):.3f}, peak {max(r[\"peak_memory_gib\"] for r in rows):.1f} GiB')" "$run/train_log.jsonl";;
+    python3 bench/train_log_stats.py "$run/train_log.jsonl" | tee -a "$OUT/steady_$name.log";;
   infer)
     python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
   train_fp8)
@@ -60,9 +61,10 @@ print(f'median s/step over steps 5-{len(rows) + 4}: {statistics.median(r[\"step_
       --loss_steps "${2:-200}" ${SKIP_STOCK:+--skip_stock} --out "$OUT/train_speed_fp8.json" 2>&1 | grep -v Warning | tail -30;;
   infer_eval|eval)
     [ "$1" = eval ] || python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -15
-    for gpus in 0 0,1; do
+    for gpus in ${EVAL_GPUS:-0 0,1}; do
       python3 parallel_eval.py --dataset_root "$DATA/puzzles" --output_dir "$WORK/eval_${gpus/,/_}" --gpus "$gpus" \
-        --model_base_path "$MODEL" --limit "${EVAL_LIMIT:-6}" --num_inference_steps 10 --no_compile > "$OUT/eval_${gpus/,/_}.log" 2>&1
+        --model_base_path "$MODEL" --limit "${EVAL_LIMIT:-6}" --num_inference_steps 10 ${EVAL_FLAGS:---no_compile} \
+        > "$OUT/eval_${gpus/,/_}.log" 2>&1
       tail -15 "$OUT/eval_${gpus/,/_}.log"; cp "$WORK/eval_${gpus/,/_}/summary.json" "$OUT/eval_summary_${gpus/,/_}.json"
     done;;
 esac

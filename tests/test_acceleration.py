@@ -58,17 +58,19 @@ def test_checkpointing_any_number_of_blocks_gives_the_same_gradients(tiny_model)
 # 5B at the defaults: 8820 tokens, dim 3072, 30 blocks, 10 GiB of weights -> 15 GiB for weights, LoRA and Adam.
 # A compiled block keeps 8820 * 200 KiB = 1_806_336_000 bytes of activations, an eager one 1.6x = 2_890_137_600.
 @pytest.mark.parametrize("card_gib, weight_gib, dim, blocks, compiled, expected", [
-    (141, 10, 3072, 30, True, 4),     # budget 60 GiB (not 80% = 112.8): 45 GiB / 1.806e9 = 26.7 -> 26 free
-    (80, 10, 3072, 30, True, 4),      # 80% = 64 GiB > 60 GiB: still 60
-    (141, 10, 3072, 30, False, 14),   # eager: 45 GiB / 2.890e9 = 16.7 -> 16 free
+    (141, 10, 3072, 30, True, 0),     # 80% = 112.8 GiB: 97.8 GiB / 1.806e9 = 58.1 -> all 30 free
+    (80, 10, 3072, 30, True, 1),      # 80% = 64 GiB: 49 GiB / 1.806e9 = 29.1 -> 29 free
+    (79.6, 10, 3072, 30, True, 2),    # an H100 reports 79.6 GiB: 48.7 GiB / 1.806e9 = 28.95 -> 28 free
+    (141, 10, 3072, 30, False, 0),    # eager: 97.8 GiB / 2.890e9 = 36.3 -> 36 free
+    (96, 10, 3072, 30, False, 8),     # eager, 80% = 76.8 GiB: 61.8 GiB / 2.890e9 = 22.96 -> 22 free
     (48, 10, 3072, 30, True, 17),     # 80% = 38.4 GiB: 23.4 GiB / 1.806e9 = 13.9 -> 13 free
     (24, 10, 3072, 30, True, 28),     # 80% = 19.2 GiB: 4.2 GiB / 1.806e9 = 2.5 -> 2 free
     (16, 10, 3072, 30, True, 30),     # 80% = 12.8 GiB < 15 GiB of weights: every block
-    (141, 10, 1536, 60, True, 7),     # half the width, half the activations: 45 GiB / 0.903e9 = 53.5 -> 53 free
+    (48, 10, 1536, 60, True, 33),     # half the width, half the activations: 23.4 GiB / 0.903e9 = 27.8 -> 27 free
     (141, 10, 1536, 30, True, 0),     # more room than blocks: none
 ])
 def test_blocks_to_checkpoint(card_gib, weight_gib, dim, blocks, compiled, expected):
-    assert blocks_to_checkpoint(weight_gib * GiB, 8820, dim, blocks, card_gib * GiB, compiled) == expected
+    assert blocks_to_checkpoint(weight_gib * GiB, 8820, dim, blocks, int(card_gib * GiB), compiled) == expected
 
 
 def test_auto_checkpoint_blocks_reads_the_cards_memory(monkeypatch):

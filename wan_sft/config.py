@@ -99,7 +99,7 @@ def add_training_args(parser) -> None:
     parser.add_argument("--no_cache", action="store_true", help="encode every clip on the fly instead of caching")
     parser.add_argument("--checkpoint_blocks", type=int, default=None,
                         help="DiT blocks to run with activation checkpointing "
-                             "(default: as few as fit in 60 GiB; all on CPU)")
+                             "(default: as few as fit in 80%% of the GPU's memory; all on CPU)")
     parser.add_argument("--no_compile", action="store_true", help="do not torch.compile the DiT blocks (GPU only)")
     parser.add_argument("--fp8_base", action="store_true",
                         help="APPROXIMATE, faster on Hopper GPUs: the frozen DiT block linears under the LoRA in FP8 "

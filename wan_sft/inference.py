@@ -143,6 +143,7 @@ def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool
     from .model_files import load_pipeline
 
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    torch.backends.cudnn.benchmark = True  # the VAE's 3D convolutions: autotuned once per shape (bench/RESULTS.md)
     pipe = load_pipeline(model_base_path, device, dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints its own count; callers report ours
         fused = fuse_lora(pipe, lora_path) if lora_path else 0

@@ -290,7 +290,7 @@ def main(argv=None) -> int:
             lr = scheduler.get_last_lr()[0]
             if accelerator.is_main_process:
                 record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
-                              step_seconds=time.perf_counter() - started,
+                              step_seconds=time.perf_counter() - started, time=time.time(),
                               samples=order[start:progress.sample_in_epoch])  # dataset rows of this step (0-based)
                 if torch.cuda.is_available():
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
