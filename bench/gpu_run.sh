@@ -53,7 +53,8 @@ case "${1:?stage}" in
     bash train_single_node.sh --dataset "$DATA/train.csv" --output_dir "$run" --model_base_path "$MODEL" \
       --num_gpus "$gpus" --num_epochs 100 --max_steps 24 --save_steps 1000 "$@" > "$OUT/steady_$name.log" 2>&1
     tail -3 "$OUT/steady_$name.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_$name.jsonl"
-    python3 bench/train_log_stats.py "$run/train_log.jsonl" | tee -a "$OUT/steady_$name.log";;
+    python3 bench/train_log_stats.py "$run/train_log.jsonl" | tee -a "$OUT/steady_$name.log"
+    du -sh "$run/states"/* "$run"/epoch-0.safetensors | tee -a "$OUT/steady_$name.log";;
   infer)
     python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
   train_fp8)

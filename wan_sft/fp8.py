@@ -63,13 +63,14 @@ class Fp8Linear(torch.nn.Module):
         weight = linear.weight.detach()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         values, scales = quantize_rows(weight)
-        self.register_buffer("weight_bits", values.view(torch.uint8))
-        self.register_buffer("scale_bits", scales.view(torch.int32))
+        # Not persistent: derived from the base weights on disk, so a saved training state never holds them.
+        self.register_buffer("weight_bits", values.view(torch.uint8), persistent=False)
+        self.register_buffer("scale_bits", scales.view(torch.int32), persistent=False)
         self.training_copy = training
         if training:
             values_t, scales_t = quantize_rows(weight.t())
-            self.register_buffer("weight_t_bits", values_t.contiguous().view(torch.uint8))
-            self.register_buffer("scale_t_bits", scales_t.view(torch.int32))
+            self.register_buffer("weight_t_bits", values_t.contiguous().view(torch.uint8), persistent=False)
+            self.register_buffer("scale_t_bits", scales_t.view(torch.int32), persistent=False)
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
