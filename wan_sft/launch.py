@@ -55,17 +55,23 @@ def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu
 
 
 def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
-    """The training entry's flags: every training flag passed through (absolute paths: ranks may start elsewhere)."""
+    """The training entry's flags."""
+    return ["--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size),
+            *training_flags(args)]
+
+
+def training_flags(args: argparse.Namespace) -> list[str]:
+    """Every training flag (config.add_training_args) passed through, absolute paths: ranks may start elsewhere."""
     parser = argparse.ArgumentParser()
     config.add_training_args(parser)
-    argv = ["--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size)]
+    flags = []
     for name in vars(parser.parse_args([])):
         value = getattr(args, name)
         if value is True:
-            argv.append(f"--{name}")
+            flags.append(f"--{name}")
         elif value is not None and value is not False:
-            argv += [f"--{name}", os.path.abspath(value) if name in config.PATH_FLAGS else str(value)]
-    return argv
+            flags += [f"--{name}", os.path.abspath(value) if name in config.PATH_FLAGS else str(value)]
+    return flags
 
 
 def validate(args: argparse.Namespace) -> None:

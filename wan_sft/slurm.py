@@ -94,17 +94,16 @@ def log_pattern(args) -> str:
 
 def task_argv(args) -> list[str]:
     """What the batch script passes to `python -m wan_sft.launch multi --in_task` on every node: the resolved
-    settings (absolute paths), so a requeued run does not depend on the submit-time environment or cwd."""
-    flags = launch.training_argv(args, num_processes(args))
-    at = flags.index("--expected_world_size")  # the task computes it again; its parser does not take it
-    del flags[at:at + 2]
+    settings (absolute paths), so a requeued run does not depend on the submit-time environment or cwd. No
+    --expected_world_size: each task computes the world size from the nodes srun started."""
     multi = ["--num_nodes", str(args.num_nodes), "--gpus_per_node", str(args.gpus_per_node),
              "--pre_timeout", str(args.pre_timeout)]
     if args.cpu:
         multi.append("--cpu")
     if args.port is not None:
         multi += ["--port", str(args.port)]
-    return ["--in_task", *multi, *flags]
+    return ["--in_task", *multi, "--model_base_path", os.path.abspath(args.model_base_path),
+            *launch.training_flags(args)]
 
 
 def sbatch_options(args) -> list[str]:
