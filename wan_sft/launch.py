@@ -199,20 +199,19 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def multi_node(argv: list[str]) -> int:
-    from .slurm import multi_node as run_multi_node  # Slurm submission / in-allocation launch (wan_sft/slurm.py)
-
-    return run_multi_node(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"single": single_node, "multi": multi_node}
-    if not argv or argv[0] not in commands:
-        print(f"usage: python -m wan_sft.launch {{{','.join(commands)}}} [flags]", file=sys.stderr)
+    if not argv or argv[0] != "single":
+        print("usage: python -m wan_sft.launch single [flags]", file=sys.stderr)
         return 2
+    return run_entry(single_node, argv[1:])
+
+
+def run_entry(entry, argv: list[str]) -> int:
+    """ENTRY(ARGV)'s exit code (python -m wan_sft.launch single, python -m wan_sft.slurm): a bad input or a Ctrl-C
+    before training started ends it with a one-line message, not a traceback."""
     try:
-        return commands[argv[0]](argv[1:])
+        return entry(argv)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
