@@ -28,4 +28,4 @@ export PYTHONPATH="$HERE${DIFFSYNTH_PATH:+:$DIFFSYNTH_PATH}${PYTHONPATH:+:$PYTHO
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DIFFSYNTH_SKIP_DOWNLOAD=True
 PYTHON="${PYTHON:-python3}"
 
-exec "$PYTHON" -m wan_sft.launch multi "$@"
+exec "$PYTHON" -m wan_sft.slurm "$@"

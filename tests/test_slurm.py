@@ -122,9 +122,9 @@ def test_sbatch_script(tmp_path, monkeypatch, cpu):
     assert "srun --ntasks-per-node=1 --nodes=\"$SLURM_JOB_NUM_NODES\" --kill-on-bad-exit=1" in script
     assert "trap '' TERM USR1" in script and "trap 'on_signal USR1' USR1" in script
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
-    srun_line = next(line for line in script.splitlines() if "-m wan_sft.launch multi --in_task" in line)
+    srun_line = next(line for line in script.splitlines() if "-m wan_sft.slurm --in_task" in line)
     task = shlex.split(srun_line.rstrip("&"))
-    assert task[:5] == ["/venv/bin/python", "-m", "wan_sft.launch", "multi", "--in_task"]
+    assert task[:4] == ["/venv/bin/python", "-m", "wan_sft.slurm", "--in_task"]
     assert ("--cpu" in task) == cpu and task[task.index("--dataset") + 1] == str(tmp_path / "d.csv")
     assert task[task.index("--output_dir") + 1] == str(out) and task[task.index("--lora_rank") + 1] == "32"
     assert "SLURM_NODEID" not in srun_line  # each task reads its own rank, nothing is expanded in the batch shell
@@ -157,6 +157,39 @@ def test_batch_script_requeues_a_job_whose_rank_hung(tmp_path, monkeypatch, srun
     assert ("requeue 77" in calls) == requeued
     if requeued:
         assert "a rank hung (step watchdog, see its message above) (srun exit 124); requeueing job 77" in result.stdout
+
+
+def test_batch_script_passes_tricky_paths_to_each_task_unchanged(tmp_path, monkeypatch):
+    """Paths with spaces, quotes, ; and $ reach srun's task command, its cwd and PYTHONPATH exactly (the template
+    quotes every value), and the task's flags parse back into the same training settings."""
+    workdir = tmp_path / "it's a $dir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("PYTHONPATH", "/re po:/it's/$X")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "srun.json"
+    (bin_dir / "srun").write_text(f"#!{sys.executable}\nimport json, os, sys\nopen({str(record)!r}, 'w')"
+                                  f".write(json.dumps([sys.argv[1:], os.getcwd(), os.environ['PYTHONPATH']]))\n")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho node1\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    args = parse(["--dataset", 'my data/"a" $x.csv', "--model_base_path", "m o;del", "--num_nodes", "1", "--cpu",
+                  "--output_dir", "out dir/it's $HOME", "--lora_rank", "4"])
+    body = slurm.batch_body(args, python="/py thon/bin/python3")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
+    result = subprocess.run(["bash", "-c", body], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    argv, cwd, pythonpath = json.loads(record.read_text())
+    assert (cwd, pythonpath) == (str(workdir), "/re po:/it's/$X")
+    srun_flags = ["--ntasks-per-node=1", "--nodes=1", "--kill-on-bad-exit=1"]
+    assert argv == [*srun_flags, "/py thon/bin/python3", "-m", "wan_sft.slurm", *slurm.task_argv(args)]
+    task = slurm.parser().parse_args(argv[6:])
+    assert task.in_task and task.cpu and "--expected_world_size" not in argv
+    assert task.model_base_path == str(workdir / "m o;del") and task.dataset == str(workdir / 'my data/"a" $x.csv')
+    assert task.output_dir == str(workdir / "out dir/it's $HOME")
+    assert launch.training_flags(task) == launch.training_flags(args)
 
 
 def test_launch_command_per_node(tmp_path, monkeypatch):

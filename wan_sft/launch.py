@@ -55,17 +55,23 @@ def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu
 
 
 def training_argv(args: argparse.Namespace, world_size: int) -> list[str]:
-    """The training entry's flags: every training flag passed through (absolute paths: ranks may start elsewhere)."""
+    """The training entry's flags."""
+    return ["--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size),
+            *training_flags(args)]
+
+
+def training_flags(args: argparse.Namespace) -> list[str]:
+    """Every training flag (config.add_training_args) passed through, absolute paths: ranks may start elsewhere."""
     parser = argparse.ArgumentParser()
     config.add_training_args(parser)
-    argv = ["--model_base_path", os.path.abspath(args.model_base_path), "--expected_world_size", str(world_size)]
+    flags = []
     for name in vars(parser.parse_args([])):
         value = getattr(args, name)
         if value is True:
-            argv.append(f"--{name}")
+            flags.append(f"--{name}")
         elif value is not None and value is not False:
-            argv += [f"--{name}", os.path.abspath(value) if name in config.PATH_FLAGS else str(value)]
-    return argv
+            flags += [f"--{name}", os.path.abspath(value) if name in config.PATH_FLAGS else str(value)]
+    return flags
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -193,20 +199,19 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def multi_node(argv: list[str]) -> int:
-    from .slurm import multi_node as run_multi_node  # Slurm submission / in-allocation launch (wan_sft/slurm.py)
-
-    return run_multi_node(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"single": single_node, "multi": multi_node}
-    if not argv or argv[0] not in commands:
-        print(f"usage: python -m wan_sft.launch {{{','.join(commands)}}} [flags]", file=sys.stderr)
+    if not argv or argv[0] != "single":
+        print("usage: python -m wan_sft.launch single [flags]", file=sys.stderr)
         return 2
+    return run_entry(single_node, argv[1:])
+
+
+def run_entry(entry, argv: list[str]) -> int:
+    """ENTRY(ARGV)'s exit code (python -m wan_sft.launch single, python -m wan_sft.slurm): a bad input or a Ctrl-C
+    before training started ends it with a one-line message, not a traceback."""
     try:
-        return commands[argv[0]](argv[1:])
+        return entry(argv)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Multi-node training on Slurm: `train_multi_node.sh` calls `python -m wan_sft.launch multi ...`.
+"""Multi-node training on Slurm: `train_multi_node.sh` calls `python -m wan_sft.slurm ...`.
 
 One command, three roles, picked from the environment:
 
@@ -11,12 +11,12 @@ One command, three roles, picked from the environment:
   SLURM_JOB_ID of this task and run `accelerate launch --machine_rank $SLURM_NODEID ...` in-process
   (launch.run_accelerate: torch's agent on the node starts the node's training processes).
 
-Stopping and requeueing (see batch_script): the job is submitted with `--requeue --signal=B:USR1@<pre_timeout>`.
-Slurm sends SIGUSR1 to the batch shell <pre_timeout> s before the time limit; its trap ignores repeats, sends
-SIGUSR1 to srun, which forwards it to the launcher on every node; the launcher (launch.run_accelerate) forwards it
-to its training processes. train.py finishes the current step, saves a complete state on all ranks and exits; the
-batch shell then runs `scontrol requeue $SLURM_JOB_ID`, and the rerun resumes from that state (train.py's
-auto-resume). A hung rank (train.py's step watchdog, exit WATCHDOG_EXIT) also requeues the job.
+Stopping and requeueing (the batch script: templates/multi_node_batch.sh.j2): the job is submitted with
+`--requeue --signal=B:USR1@<pre_timeout>`. Slurm sends SIGUSR1 to the batch shell <pre_timeout> s before the time
+limit; its trap ignores repeats, sends SIGUSR1 to srun, which forwards it to the launcher on every node; the launcher
+(launch.run_accelerate) forwards it to its training processes. train.py finishes the current step, saves a complete
+state on all ranks and exits; the batch shell then runs `scontrol requeue $SLURM_JOB_ID`, and the rerun resumes from
+that state (train.py's auto-resume). A hung rank (train.py's step watchdog, exit WATCHDOG_EXIT) also requeues the job.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
 from . import config, launch
 from .config import InputError
 from .watchdog import WATCHDOG_EXIT
@@ -39,6 +41,10 @@ DEFAULT_JOB_NAME = "wan_lora"
 SCRIPT_FILE = "multi_node.sbatch"
 HEAD_ENV = "WAN_SFT_HEAD_NODE"  # exported by the batch script, read by every srun task
 EXAMPLE_JOB_ID = 123456  # what --dry_run pretends the job id is
+# shell scripts: no HTML escaping; every value the script needs quoted goes through shell_quote / shell_join
+_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), undefined=StrictUndefined,
+                         keep_trailing_newline=True)
+_TEMPLATES.filters.update(shell_quote=shlex.quote, shell_join=shlex.join)
 
 
 # ----------------------------------------------------------------------------------------------- pure helpers
@@ -70,6 +76,10 @@ def num_processes(args) -> int:
     return args.num_nodes * args.gpus_per_node
 
 
+def job_shape(args) -> str:
+    return f"{args.num_nodes} nodes x {args.gpus_per_node} {'CPU processes' if args.cpu else 'GPUs'}"
+
+
 def config_path(args) -> Path:
     return Path(os.path.abspath(args.output_dir)) / launch.CONFIG_FILE
 
@@ -83,18 +93,17 @@ def log_pattern(args) -> str:
 
 
 def task_argv(args) -> list[str]:
-    """What the batch script passes to `python -m wan_sft.launch multi --in_task` on every node: the resolved
-    settings (absolute paths), so a requeued run does not depend on the submit-time environment or cwd."""
-    flags = launch.training_argv(args, num_processes(args))
-    at = flags.index("--expected_world_size")  # the task computes it again; its parser does not take it
-    del flags[at:at + 2]
+    """What the batch script passes to `python -m wan_sft.slurm --in_task` on every node: the resolved
+    settings (absolute paths), so a requeued run does not depend on the submit-time environment or cwd. No
+    --expected_world_size: each task computes the world size from the nodes srun started."""
     multi = ["--num_nodes", str(args.num_nodes), "--gpus_per_node", str(args.gpus_per_node),
              "--pre_timeout", str(args.pre_timeout)]
     if args.cpu:
         multi.append("--cpu")
     if args.port is not None:
         multi += ["--port", str(args.port)]
-    return ["--in_task", *multi, *flags]
+    return ["--in_task", *multi, "--model_base_path", os.path.abspath(args.model_base_path),
+            *launch.training_flags(args)]
 
 
 def sbatch_options(args) -> list[str]:
@@ -111,68 +120,16 @@ def sbatch_options(args) -> list[str]:
 
 def batch_body(args, python: str = sys.executable) -> str:
     """The batch shell: one launcher per node through srun, signal forwarding, self-requeue on SIGUSR1."""
-    q = shlex.quote
-    env_lines = [f"export PYTHONPATH={q(os.environ.get('PYTHONPATH', ''))}",
-                 "export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DIFFSYNTH_SKIP_DOWNLOAD=True"]
-    task = shlex.join([python, "-m", "wan_sft.launch", "multi", *task_argv(args)])
-    states = shlex.quote(str(Path(os.path.abspath(args.output_dir)) / "states"))
-    shape = f"{args.num_nodes} nodes x {args.gpus_per_node} {'CPU processes' if args.cpu else 'GPUs'}"
-    resume = "submit the same command again to resume from the newest state in "
-    failed = ("error: training failed (srun exit $rc): a training process or node died and srun --kill-on-bad-exit "
-              "stopped the others; see the first error above. Submit the same command again to resume from the newest "
-              "complete state in ")
-    return f"""set -uo pipefail
-cd {q(os.getcwd())}
-{chr(10).join(env_lines)}
-say() {{ echo "[wan_sft $(date +%T)] $*"; }}
-say "job $SLURM_JOB_ID run $(( ${{SLURM_RESTART_COUNT:-0}} + 1 )) on $SLURM_JOB_NODELIST ({shape})"
-export {HEAD_ENV}="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"
-# srun in 22.05+ does not inherit --cpus-per-task from sbatch
-if [ -n "${{SLURM_CPUS_PER_TASK:-}}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
-
-stop_signal=""
-srun_pid=""
-on_signal() {{  # $1: USR1 = Slurm's pre-timeout signal (--signal=B:USR1@N); TERM = scancel, time limit, preemption
-  trap '' TERM USR1  # Slurm may deliver a signal twice: handle the first one only
-  stop_signal=$1
-  say "batch shell got SIG$1: every rank finishes its step, saves a complete state and exits"
-  # srun forwards SIGUSR1 to the launcher on every node, which forwards it to its training processes
-  if [ -n "$srun_pid" ]; then kill -USR1 "$srun_pid" 2>/dev/null; fi
-}}
-trap 'on_signal USR1' USR1
-trap 'on_signal TERM' TERM
-
-srun --ntasks-per-node=1 --nodes="$SLURM_JOB_NUM_NODES" --kill-on-bad-exit=1 \\
-  {task} &
-srun_pid=$!
-while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; done  # a trapped signal interrupts wait: wait again
-wait "$srun_pid"; rc=$?
-
-if [ "$rc" -eq 0 ]; then
-  say "training finished"
-  exit 0
-fi
-if [ "$stop_signal" = USR1 ] || [ "$rc" -eq {WATCHDOG_EXIT} ]; then
-  why="training stopped before the time limit"
-  if [ "$rc" -eq {WATCHDOG_EXIT} ]; then why="a rank hung (step watchdog, see its message above)"; fi
-  say "$why (srun exit $rc); requeueing job $SLURM_JOB_ID: the rerun resumes from the newest state in "{states}
-  if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
-  say "error: scontrol requeue failed: submit the same command again to resume" >&2
-  exit 1
-fi
-if [ -n "$stop_signal" ]; then
-  say "stopped by SIG$stop_signal (srun exit $rc): {resume}"{states} >&2
-  exit "$rc"
-fi
-say "{failed}"{states} >&2
-exit "$rc"
-"""
+    return _TEMPLATES.get_template("multi_node_batch.sh.j2").render(
+        cwd=os.getcwd(), pythonpath=os.environ.get("PYTHONPATH", ""), shape=job_shape(args), head_env=HEAD_ENV,
+        task_command=[python, "-m", "wan_sft.slurm", *task_argv(args)], watchdog_exit=WATCHDOG_EXIT,
+        states=str(Path(os.path.abspath(args.output_dir)) / "states"))
 
 
 def sbatch_script(args, python: str = sys.executable) -> str:
     header = "\n".join(f"#SBATCH {option}" for option in sbatch_options(args))
     return (f"#!/bin/bash\n{header}\n"
-            f"# generated by `python -m wan_sft.launch multi` (wan_sft/slurm.py); resubmitting it resumes the run\n"
+            f"# generated by `python -m wan_sft.slurm` (wan_sft/slurm.py); resubmitting it resumes the run\n"
             + batch_body(args, python))
 
 
@@ -296,8 +253,7 @@ def submit(args) -> int:
         return result.returncode or 1
     job_id = result.stdout.strip().split(";")[0]
     log = log_pattern(args).replace("%j", job_id)
-    print(f"submitted job {job_id}: {args.num_nodes} nodes x {args.gpus_per_node} "
-          f"{'CPU processes' if args.cpu else 'GPUs'} = {num_processes(args)} processes", flush=True)
+    print(f"submitted job {job_id}: {job_shape(args)} = {num_processes(args)} processes", flush=True)
     print(f"log: {log}", flush=True)
     print(f"follow: tail -f {shlex.quote(log)}; stop: scancel {job_id} (rerunning the same command resumes)",
           flush=True)
@@ -354,6 +310,9 @@ def dry_run(args) -> int:
         command, env = launch_command(args, rank, args.num_nodes, head, port)
         print(f"# node {rank} ({nodes[rank]}, SLURM_NODEID={rank}):")
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) + " " + shlex.join(command))
-    print(f"# {args.num_nodes} nodes x {args.gpus_per_node} {'CPU processes' if args.cpu else 'GPUs'} = "
-          f"{num_processes(args)} processes")
+    print(f"# {job_shape(args)} = {num_processes(args)} processes")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(launch.run_entry(multi_node, sys.argv[1:]))
