@@ -188,7 +188,7 @@ def test_parallel_eval_selects_by_plain_task_names_in_layout_b(roots, tmp_path):
 
 
 def test_the_demo_evaluates_eyeballing_puzzles_beside_the_held_out_mazes(demo_data):
-    from wan_sft.evaluation import find_items, select_items
+    from wan_sft.eval_items import find_items, select_items
 
     items = select_items(find_items(demo_data["datasets"]), ids_file=str(demo_data["eval_ids"]))
     assert [item.task for item in items] == ["circle_center"] * 2 + ["maze_square"] * 4 + ["midpoint"] * 2

@@ -432,7 +432,7 @@ def test_a_changed_lora_behind_the_same_path_is_refused_or_redone(dataset, tiny_
                                            ("../maze_square", "x"), ("maze_square", "..")])
 def test_an_item_path_never_leaves_the_output_dir(tmp_path, task, item_id):
     from wan_sft.config import InputError
-    from wan_sft.evaluation import item_path
+    from wan_sft.eval_items import item_path
 
     with pytest.raises(InputError) as error:
         item_path(tmp_path / "out", task, item_id, "result")

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, assert_same_lora, free_port, losses, run_script
 from tests.browser import chromium, watch
 from wan_sft.data import Sample
-from wan_sft.evaluation import find_items
+from wan_sft.eval_items import find_items
 from wan_sft.validation import read_best, read_rows, restore_history, training_puzzles, write_rows
 
 VAL_STEPS = [2, 4, 6, 8]  # 8 training rows over 2 ranks, 2 epochs: 8 steps, validation at every save (2 steps)

@@ -33,7 +33,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 from .config import InputError
 from .data import Sample, read_training_csv
 from .datasets import PuzzleItem
-from .evaluation import check_image_header, find_items, needs_solution_image, read_ids_file, solution_image_path
+from .eval_items import check_image_header, find_items, needs_solution_image, read_ids_file, solution_image_path
 from .fsutil import atomic_save_image, atomic_write
 from .inference import GenerationSettings, generate, read_image
 from .leaderboard import column_scores
