@@ -96,7 +96,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.val_dataset_root:
         from .validation import check_validation_split
 
-        check_validation_split(args)
+        check_validation_split(args.val_dataset_root, args.val_prompt_key, args.val_ids_file, args.dataset,
+                               args.val_count)
 
 
 SINGLE_NODE_EPILOG = config.environment_help("  MASTER_PORT      the default of --port") + """

@@ -1,9 +1,10 @@
 """The part of a training state that does not depend on the number of processes, for a resume on another one.
 
 accelerate's files in a state are per rank (DeepSpeed's ZeRO optimizer shards, one RNG file per rank). Beside
-them, `portable.safetensors` holds the full LoRA, the full AdamW moments and step count, keyed by parameter name,
-and the LR schedule; progress.json holds the global sample position. Sample order and noise are seeded from
-positions (train.py), so no RNG state is needed to continue exactly where the epoch stopped.
+them, `portable.safetensors` (run_folder.PORTABLE_STATE) holds the full LoRA, the full AdamW moments and step
+count, keyed by parameter name, and the LR schedule; progress.json holds the global sample position. Sample order
+and noise are seeded from positions (train.py), so no RNG state is needed to continue exactly where the epoch
+stopped.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
-
-FILE = "portable.safetensors"
 
 
 def gather(dit: torch.nn.Module, adamw: torch.optim.AdamW, scheduler, deepspeed: bool) -> bytes:

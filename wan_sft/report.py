@@ -16,6 +16,7 @@ from urllib.parse import quote
 from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
+from wan_sft import run_folder
 from wan_sft.fsutil import atomic_write
 from wan_sft.inference import DEFAULT_NEGATIVE_PROMPT, DEFAULT_NEGATIVE_PROMPT_ENGLISH
 from wan_sft.leaderboard import COLUMNS, column_scores
@@ -287,9 +288,10 @@ def read_validation(path: Path) -> dict[str, list[tuple[int, float]]]:
 def write_training_report(output_dir: Path) -> Path:
     """Render output_dir/train_log.jsonl (+ validation.csv and best.json, if present) to training_report.html."""
     output_dir = Path(output_dir)
-    log = read_jsonl(output_dir / "train_log.jsonl")
-    validation = read_validation(output_dir / "validation.csv") if (output_dir / "validation.csv").exists() else {}
-    best = json.loads((output_dir / "best.json").read_text()) if (output_dir / "best.json").exists() else None
+    log = read_jsonl(run_folder.train_log(output_dir))
+    csv_path, best_path = run_folder.validation_csv(output_dir), run_folder.best_json(output_dir)
+    validation = read_validation(csv_path) if csv_path.exists() else {}
+    best = json.loads(best_path.read_text()) if best_path.exists() else None
     best_step = int(best["step"]) if best and best.get("step") is not None else None
 
     all_steps = [r["step"] for r in log] + [step for points in validation.values() for step, _ in points]
@@ -329,6 +331,6 @@ def write_training_report(output_dir: Path) -> Path:
         validation_tasks=list(validation),
         validation_table=validation_table,
     )
-    report = output_dir / "training_report.html"
+    report = run_folder.training_report(output_dir)
     atomic_write(report, html)
     return report

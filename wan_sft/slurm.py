@@ -31,7 +31,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from . import config, launch
+from . import config, launch, run_folder
 from .config import InputError
 from .watchdog import WATCHDOG_EXIT
 
@@ -123,7 +123,7 @@ def batch_body(args, python: str = sys.executable) -> str:
     return _TEMPLATES.get_template("multi_node_batch.sh.j2").render(
         cwd=os.getcwd(), pythonpath=os.environ.get("PYTHONPATH", ""), shape=job_shape(args), head_env=HEAD_ENV,
         task_command=[python, "-m", "wan_sft.slurm", *task_argv(args)], watchdog_exit=WATCHDOG_EXIT,
-        states=str(Path(os.path.abspath(args.output_dir)) / "states"))
+        states=str(run_folder.states_dir(os.path.abspath(args.output_dir))))
 
 
 def sbatch_script(args, python: str = sys.executable) -> str:

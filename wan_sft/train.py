@@ -20,15 +20,16 @@ from pathlib import Path
 
 import torch
 
-from . import cache, checkpoints, config, portable_state
+from . import cache, checkpoints, config, run_folder
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fp8 import convert_block_linears
 from .fsutil import WriteFailed, append_line, atomic_write
-from .lora import add_lora, export_lora, lora_state_dict, warm_start
+from .inference import GenerationSettings
+from .lora import add_lora, warm_start
 from .model_files import load_pipeline, locate_model_files
 from .report import write_training_report
-from .validation import TaskValidator
+from .validation import TaskValidator, select_validation_items
 from .watchdog import COLLECTIVE_GRACE, StepWatchdog
 
 
@@ -104,139 +105,46 @@ def noise_seed(seed: int, epoch: int, position: int) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     _die_with_launcher()
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration
-
-    trackers = ["tensorboard", "wandb"] if args.report_to == "all" else [args.report_to]
-    logging_dir = str(Path(args.output_dir) / "tensorboard")
-    collective_timeout = timedelta(seconds=args.collective_timeout + COLLECTIVE_GRACE)  # after the step watchdog's
-    accelerator = Accelerator(log_with=trackers, project_config=ProjectConfiguration(args.output_dir, logging_dir),
-                              gradient_accumulation_steps=args.gradient_accumulation_steps,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=collective_timeout)])
-    if accelerator.num_processes != args.expected_world_size:
-        raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
-                         f"{args.expected_world_size}; the accelerate launch is misconfigured")
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    rank, world = accelerator.process_index, accelerator.num_processes
     output_dir = Path(args.output_dir)
+    accelerator = start_accelerator(args.output_dir, args.report_to, args.gradient_accumulation_steps,
+                                    args.collective_timeout, args.expected_world_size)
+    rank, world, accumulation = accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
+    batch = world * accumulation
 
     # Data: a seeded permutation per epoch, batch (= world x accumulation) samples of it per optimizer step.
     samples = read_training_csv(args.dataset)
     fingerprint = checkpoints.run_fingerprint(args, len(samples))
     checkpoints.check_same_settings(output_dir, fingerprint)  # before anything loads (the launcher checked too)
-    dataset = ClipDataset(samples, args.num_frames, args.height, args.width, args.fit)
-    accumulation = args.gradient_accumulation_steps
-    batch = world * accumulation
+    val_items = (select_validation_items(args.val_dataset_root, args.val_prompt_key, args.val_ids_file, args.dataset,
+                                         args.val_count) if args.val_dataset_root else None)
 
-    # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32. With the latent
-    # cache (default) a rank loads T5 and the VAE only to encode its share of missing entries, then drops them
-    # (unless validation generates videos: then it keeps them, T5 on the CPU; see validation.py).
-    dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
-    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
-    if not args.no_cache:
-        cache_paths = cache.EntryPaths(samples, args.cache_dir or output_dir / "latent_cache", args.num_frames,
-                                       args.height, args.width, locate_model_files(args.model_base_path), dtype,
-                                       args.fit)
-        my_missing, texts_missing, present_bytes = cache.missing_entries(cache_paths, rank, world)
-    need_encoders = args.no_cache or bool(my_missing) or bool(args.val_dataset_root)
-    pipe = load_pipeline(args.model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
-    pipe.scheduler.set_timesteps(1000, training=True)
-    model = FlowMatchLoss(pipe, args.num_frames, args.height, args.width)
-    validator = TaskValidator(args, accelerator, pipe) if args.val_dataset_root else None
-    if not args.no_cache:
-        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, my_missing, texts_missing, present_bytes)
-        model.drop_encoders()
-        if validator:
-            validator.offload_text_encoder()
-        dataset = cache.CachedDataset(cache_paths)
-    torch.manual_seed(args.seed)
-    lora_params = add_lora(pipe.dit, args.lora_rank)
-    if args.lora_checkpoint:
-        warm_start(pipe.dit, args.lora_checkpoint)
-    if args.fp8_base:
-        convert_block_linears(pipe.dit, training=True)
-    compiled = accelerator.device.type == "cuda" and not args.no_compile
-    checkpointed = args.checkpoint_blocks
-    if checkpointed is None:
-        checkpointed = auto_checkpoint_blocks(pipe.dit, args.num_frames, args.height, args.width,
-                                              accelerator.device, compiled)
-    configure_blocks(pipe.dit, checkpointed, compile_blocks=compiled)
-    accelerator.print(f"DiT: {checkpointed} of {len(pipe.dit.blocks)} blocks checkpointed, "
-                      f"{'compiled' if compiled else 'eager'}")
-    optimizer = adamw = torch.optim.AdamW(lora_params, lr=args.learning_rate, weight_decay=1e-2)
-    # DiffSynth's schedule: lr/3 for 5 steps, then lr. Stepped here once per optimizer step (accelerate would step
-    # it once per process under DDP, and DeepSpeed once per step), so it is counted in optimizer steps everywhere.
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    if deepspeed:
-        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if deepspeed:
-        from deepspeed.utils import safe_get_full_fp32_param as full_param
-        save_kwargs, load_kwargs = dict(exclude_frozen_parameters=True), dict(load_module_strict=False)
-    else:
-        full_param, save_kwargs, load_kwargs = (lambda p: p), {}, dict(strict=False)
-        accelerator.register_save_state_pre_hook(_keep_only_trainable_weights)
+    # Model: frozen base in bf16 on GPU (fp32 on CPU), LoRA adapters and AdamW state in fp32.
+    cache_dir = None if args.no_cache else args.cache_dir or run_folder.default_cache_dir(output_dir)
+    model, dataset, encoders = load_model(accelerator, samples, args.model_base_path, args.num_frames, args.height,
+                                          args.width, args.fit, cache_dir, keep_encoders=val_items is not None)
+    validator = None
+    if val_items is not None:
+        settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
+                                      args.val_cfg_scale, fit=args.fit)
+        validator = TaskValidator(accelerator, model.pipe, *encoders, val_items, settings, output_dir,
+                                  args.val_every or args.save_steps)
+    lora_params = add_trainable_lora(model.pipe.dit, args.seed, args.lora_rank, args.lora_checkpoint, args.fp8_base)
+    configure_dit_blocks(accelerator, model.pipe.dit, args.checkpoint_blocks, not args.no_compile, args.num_frames,
+                         args.height, args.width)
+    model, optimizer, adamw, scheduler = prepare_training(accelerator, model, lora_params, args.learning_rate)
+    saver = checkpoints.Saver(accelerator, model, adamw, scheduler, output_dir, args.save_steps, args.keep_states)
 
     # Resume from the newest complete state, if any.
-    def load_state(state: Path, saved: checkpoints.Progress) -> None:
-        saved_shape = (saved.world_size, saved.gradient_accumulation_steps)
-        if saved_shape == (world, accumulation):
-            accelerator.load_state(str(state), **load_kwargs)
-            return
-        change = (f"{world} processes x {accumulation} accumulation steps instead of {saved_shape[0]} x "
-                  f"{saved_shape[1]}: global batch {batch} samples per optimizer step instead of "
-                  f"{saved_shape[0] * saved_shape[1]}")
-        if not args.allow_world_size_change:
-            raise SystemExit(f"error: {state} was saved by {saved_shape[0]} processes x {saved_shape[1]} accumulation "
-                             f"steps; to continue it with {change}, rerun with --allow_world_size_change (or use "
-                             f"{saved_shape[0]} processes and --gradient_accumulation_steps {saved_shape[1]})")
-        portable_state.load(state / portable_state.FILE, accelerator.unwrap_model(model).dit, adamw, scheduler,
-                            deepspeed)
-        accelerator.print(f"resuming with {change} (--allow_world_size_change); epoch {saved.epoch} continues from "
-                          f"sample {saved.sample_in_epoch} of {len(samples)}", flush=True)
-
-    progress = (checkpoints.resume(accelerator, output_dir, fingerprint, load=load_state)
-                or checkpoints.Progress(run_fingerprint=fingerprint))
-    progress.world_size, progress.gradient_accumulation_steps = world, accumulation
-    steps_per_epoch = math.ceil(len(samples) / batch)
-    steps_left = (math.ceil((len(samples) - progress.sample_in_epoch) / batch)
-                  + (args.num_epochs - progress.epoch - 1) * steps_per_epoch) if progress.epoch < args.num_epochs else 0
-    total_steps = min(progress.global_step + steps_left, args.max_steps or sys.maxsize)
-    log_path = output_dir / "train_log.jsonl"
+    progress = saver.resume(fingerprint, accumulation, args.allow_world_size_change, len(samples))
+    total_steps = count_total_steps(progress, len(samples), batch, args.num_epochs, args.max_steps)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(output_dir / "training_args.json", json.dumps(vars(args), indent=1))
-        _truncate_log(log_path, progress.global_step)  # steps after the resumed state will be redone
-        # One W&B run per output folder: a resumed run continues it.
-        wandb_run = dict(dir=str(output_dir), name=output_dir.resolve().name, resume="allow", config=vars(args),
-                         id=hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16])
-        accelerator.init_trackers("wan_sft", init_kwargs={"wandb": wandb_run})
-        if progress.global_step:
-            print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
-                  f"sample {progress.sample_in_epoch} of {len(samples)})", flush=True)
+        open_run_folder(accelerator, output_dir, vars(args), progress, len(samples))
     if validator:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
-    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, checkpoints.states_dir(output_dir))
-    saved_step = progress.global_step  # the newest complete state's step (0: none)
+    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, run_folder.states_dir(output_dir))
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
-
-    def current_lora():  # collective under DeepSpeed (ZeRO gathers the fp32 values)
-        return lora_state_dict(accelerator.unwrap_model(model).dit, full_param)
-
-    def save_state():  # collective; returns the step saved
-        portable = portable_state.gather(accelerator.unwrap_model(model).dit, adamw, scheduler, deepspeed)
-        checkpoints.save(accelerator, output_dir, progress, args.keep_states,
-                         extra_files={portable_state.FILE: portable}, **save_kwargs)
-        return progress.global_step
-
-    def save_lora(name):
-        state = current_lora()
-        if accelerator.is_main_process:
-            export_lora(state, output_dir / f"{name}.safetensors")
-
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
         epoch_generator = torch.Generator().manual_seed(args.seed + progress.epoch)
         order = torch.randperm(len(samples), generator=epoch_generator).tolist()
@@ -246,78 +154,48 @@ def main(argv=None) -> int:
         prefetched = _prefetched(dataset, [order[p % len(samples)] for p in positions])
         for start in step_starts:
             started = time.perf_counter()
-            step_samples, broken = [], None
-            try:  # the whole step's samples first: a broken cache entry stops every rank before any collective
-                step_samples = [next(prefetched) for _ in range(accumulation)]
-            except cache.CacheEntryError as error:
-                broken = error
-                broken.path.unlink(missing_ok=True)  # so that the rerun's start scan encodes it again
-            if _any_rank(accelerator, broken is not None):
+            step_samples, broken = _next_samples(prefetched, accumulation)
+            if _any_rank(accelerator, broken is not None):  # every rank stops before any collective of the step
                 bar.close()
-                if progress.global_step > saved_step:
-                    save_state()
+                if progress.global_step > saver.saved_step:
+                    saver.save_state(progress)
                 if broken:
-                    saved = (f"state saved at step {progress.global_step} in {checkpoints.states_dir(output_dir)}"
-                             if progress.global_step else "no step was done yet")
-                    print(f"error: {broken}; it changed after training started (another job writing the same "
-                          f"--cache_dir?); removed it; {saved}; rerun the same command: it encodes the entry again "
-                          f"and resumes",
-                          file=sys.stderr, flush=True)
+                    _report_broken_entry(broken, progress.global_step, output_dir)
                 accelerator.end_training()
                 return 1
-            loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
-            for position, sample in zip(positions[:accumulation], step_samples, strict=True):
-                weight = float(position < len(samples))
-                with accelerator.accumulate(model):
-                    loss = model(sample, noise_seed=noise_seed(args.seed, progress.epoch, position))
-                    accelerator.backward(loss * weight)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                loss_sum += torch.stack([loss.detach().float() * weight, torch.tensor(weight, device=loss.device)])
-            positions = positions[accumulation:]
-            scheduler.step()
+            step_positions, positions = positions[:accumulation], positions[accumulation:]
+            mean_loss = optimizer_step(accelerator, model, optimizer, scheduler, step_samples, step_positions,
+                                       len(samples), args.seed, progress.epoch)
             progress.global_step += 1
             progress.sample_in_epoch = min(start + batch, len(samples))
-            loss_sum = accelerator.reduce(loss_sum, reduction="sum") if world > 1 else loss_sum
-            mean_loss = (loss_sum[0] / loss_sum[1]).item()
             if diverged := _divergence(mean_loss, lora_params):
                 bar.close()
                 accelerator.print(f"error: training diverged at step {progress.global_step} ({diverged}); nothing of "
                                   f"this step was saved. Rerun with a lower --learning_rate: it resumes from the "
-                                  f"newest state in {checkpoints.states_dir(output_dir)}", file=sys.stderr)
+                                  f"newest state in {run_folder.states_dir(output_dir)}", file=sys.stderr)
                 accelerator.end_training()
                 return 1
-            lr = scheduler.get_last_lr()[0]
             if accelerator.is_main_process:
-                record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
-                              step_seconds=time.perf_counter() - started, time=time.time(),
-                              samples=order[start:progress.sample_in_epoch])  # dataset rows of this step (0-based)
-                if torch.cuda.is_available():
-                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                append_line(log_path, json.dumps(record))
-                accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
-                bar.update(1)
-            end_of_epoch = progress.sample_in_epoch == len(samples)
-            if end_of_epoch:
+                _log_step(accelerator, bar, output_dir, progress, mean_loss, scheduler.get_last_lr()[0], started,
+                          rows=order[start:progress.sample_in_epoch])
+            ended_epoch = progress.epoch if progress.sample_in_epoch == len(samples) else None
+            if ended_epoch is not None:
                 progress.epoch, progress.sample_in_epoch = progress.epoch + 1, 0
             stopping = stop.agreed(accelerator)
-            if progress.global_step % args.save_steps == 0:
-                save_lora(f"step-{progress.global_step}")
-            if end_of_epoch:
-                save_lora(f"epoch-{progress.epoch - 1}")
+            for export in saver.exports_due(progress.global_step, ended_epoch):
+                saver.export(export)
             if validator and validator.is_due(progress.global_step):  # before the state: a saved step was validated
                 with watchdog.paused():
-                    validator.run(progress.global_step, current_lora)
-            if (progress.global_step % args.save_steps == 0 or end_of_epoch or stopping
-                    or progress.global_step == total_steps):
-                saved_step = save_state()
+                    validator.run(progress.global_step, saver.current_lora)
+            if saver.state_due(progress.global_step, ended_epoch is not None, stopping,
+                               last=progress.global_step == total_steps):
+                saver.save_state(progress)
             watchdog.step_finished(progress.global_step)
             if stopping:
                 watchdog.stop()
                 bar.close()
                 accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
-                                  f"{checkpoints.states_dir(output_dir)}; rerun the same command to resume")
+                                  f"{run_folder.states_dir(output_dir)}; rerun the same command to resume")
                 accelerator.end_training()
                 return 128 + stop.signum
             if progress.global_step >= total_steps:
@@ -325,12 +203,182 @@ def main(argv=None) -> int:
 
     watchdog.stop()
     bar.close()
-    save_lora("final")
+    saver.export(run_folder.final_export(output_dir))
     if accelerator.is_main_process:
         write_training_report(output_dir)
     accelerator.end_training()
     accelerator.print(f"done: {progress.global_step} steps; LoRA in {output_dir}/ (final.safetensors, epoch-N, step-N)")
     return 0
+
+
+# ---------------------------------------------------------------- setup, in main's order
+
+
+def start_accelerator(output_dir: str, report_to: str, accumulation: int, collective_timeout: float,
+                      expected_world_size: int):
+    """accelerate on this rank, its trackers logging into the run folder; refused when the launch started another
+    number of processes than the launcher meant to."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    trackers = ["tensorboard", "wandb"] if report_to == "all" else [report_to]
+    logging_dir = str(run_folder.tensorboard_dir(output_dir))
+    timeout = timedelta(seconds=collective_timeout + COLLECTIVE_GRACE)  # after the step watchdog's
+    accelerator = Accelerator(log_with=trackers, project_config=ProjectConfiguration(output_dir, logging_dir),
+                              gradient_accumulation_steps=accumulation,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if accelerator.num_processes != expected_world_size:
+        raise SystemExit(f"error: launched {accelerator.num_processes} training processes but expected "
+                         f"{expected_world_size}; the accelerate launch is misconfigured")
+    return accelerator
+
+
+def load_model(accelerator, samples: list, model_base_path: str, num_frames: int, height: int, width: int, fit: str,
+               cache_dir: str | Path | None, keep_encoders: bool):
+    """The pipeline wrapped for the loss, the dataset to train on, and (T5, VAE) when keep_encoders (else None).
+
+    With the latent cache (cache_dir given) a rank loads T5 and the VAE only to encode its share of the missing
+    entries, then drops them from the pipeline and trains from the cache. Kept for validation, T5 waits on the CPU
+    and the VAE on the device (see validation.py): whatever needs them takes them from here, not from the pipeline.
+    """
+    dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    dataset = ClipDataset(samples, num_frames, height, width, fit)
+    missing = None  # with the cache: (this rank's missing entries, the texts among them, bytes present)
+    if cache_dir is not None:
+        cache_paths = cache.EntryPaths(samples, cache_dir, num_frames, height, width,
+                                       locate_model_files(model_base_path), dtype, fit)
+        missing = cache.missing_entries(cache_paths, accelerator.process_index, accelerator.num_processes)
+    need_encoders = missing is None or bool(missing[0]) or keep_encoders
+    pipe = load_pipeline(model_base_path, device, dtype, with_text_encoder=need_encoders, with_vae=need_encoders)
+    pipe.scheduler.set_timesteps(1000, training=True)
+    model = FlowMatchLoss(pipe, num_frames, height, width)
+    encoders = (pipe.text_encoder, pipe.vae) if keep_encoders else None
+    if missing is not None:
+        cache.fill_cache(accelerator, model.encode, dataset, cache_paths, *missing)
+        model.drop_encoders()
+        if encoders:
+            encoders[0].to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        dataset = cache.CachedDataset(cache_paths)
+    return model, dataset, encoders
+
+
+def add_trainable_lora(dit, seed: int, rank: int, warm_start_from: str | None, fp8_base: bool) -> list:
+    """The LoRA adapters (seeded initialisation, or a warm start from a LoRA file) on the frozen base, FP8 if asked;
+    returns the trainable parameters."""
+    torch.manual_seed(seed)
+    lora_params = add_lora(dit, rank)
+    if warm_start_from:
+        warm_start(dit, warm_start_from)
+    if fp8_base:
+        convert_block_linears(dit, training=True)
+    return lora_params
+
+
+def configure_dit_blocks(accelerator, dit, checkpoint_blocks: int | None, compile_blocks: bool, num_frames: int,
+                         height: int, width: int) -> None:
+    """Gradient checkpointing of the given number of blocks (None: as many as the device needs) and, on CUDA,
+    compiled blocks (see acceleration.py)."""
+    compiled = accelerator.device.type == "cuda" and compile_blocks
+    checkpointed = checkpoint_blocks
+    if checkpointed is None:
+        checkpointed = auto_checkpoint_blocks(dit, num_frames, height, width, accelerator.device, compiled)
+    configure_blocks(dit, checkpointed, compile_blocks=compiled)
+    accelerator.print(f"DiT: {checkpointed} of {len(dit.blocks)} blocks checkpointed, "
+                      f"{'compiled' if compiled else 'eager'}")
+
+
+def prepare_training(accelerator, model, lora_params: list, learning_rate: float):
+    """AdamW on the LoRA and its LR schedule, through accelerate: (model, optimizer) as accelerate wraps them, and
+    the AdamW and schedule themselves."""
+    from accelerate.utils import DistributedType
+
+    optimizer = adamw = torch.optim.AdamW(lora_params, lr=learning_rate, weight_decay=1e-2)
+    # DiffSynth's schedule: lr/3 for 5 steps, then lr. Stepped here once per optimizer step (accelerate would step
+    # it once per process under DDP, and DeepSpeed once per step), so it is counted in optimizer steps everywhere.
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, adamw, scheduler
+
+
+def count_total_steps(progress: checkpoints.Progress, num_samples: int, batch: int, num_epochs: int,
+                      max_steps: int | None) -> int:
+    """The step training ends after: the end of the last epoch, or --max_steps if that comes first."""
+    steps_per_epoch = math.ceil(num_samples / batch)
+    steps_left = (math.ceil((num_samples - progress.sample_in_epoch) / batch)
+                  + (num_epochs - progress.epoch - 1) * steps_per_epoch) if progress.epoch < num_epochs else 0
+    return min(progress.global_step + steps_left, max_steps or sys.maxsize)
+
+
+def open_run_folder(accelerator, output_dir: Path, settings: dict, progress: checkpoints.Progress,
+                    num_samples: int) -> None:
+    """Main process: the output folder with this start's settings, the log cut back to the resumed step, the
+    trackers, and the resume message."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_folder.training_args(output_dir), json.dumps(settings, indent=1))
+    _truncate_log(run_folder.train_log(output_dir), progress.global_step)  # later steps will be redone
+    # One W&B run per output folder: a resumed run continues it.
+    wandb_run = dict(dir=str(output_dir), name=output_dir.resolve().name, resume="allow", config=settings,
+                     id=hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16])
+    accelerator.init_trackers("wan_sft", init_kwargs={"wandb": wandb_run})
+    if progress.global_step:
+        print(f"resuming from step {progress.global_step} (epoch {progress.epoch}, "
+              f"sample {progress.sample_in_epoch} of {num_samples})", flush=True)
+
+
+# ---------------------------------------------------------------- one step
+
+
+def _next_samples(prefetched, count: int):
+    """(the next `count` samples, None), or ([], the error) when a cache entry is broken: the entry is removed, so
+    that the rerun's start scan encodes it again."""
+    try:
+        return [next(prefetched) for _ in range(count)], None
+    except cache.CacheEntryError as error:
+        error.path.unlink(missing_ok=True)
+        return [], error
+
+
+def _report_broken_entry(error: cache.CacheEntryError, step: int, output_dir: Path) -> None:
+    saved = f"state saved at step {step} in {run_folder.states_dir(output_dir)}" if step else "no step was done yet"
+    print(f"error: {error}; it changed after training started (another job writing the same --cache_dir?); removed "
+          f"it; {saved}; rerun the same command: it encodes the entry again and resumes", file=sys.stderr, flush=True)
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, step_samples: list, positions: list[int],
+                   num_samples: int, seed: int, epoch: int) -> float:
+    """One optimizer step over this rank's samples of it (their positions in the epoch's order; those past the end
+    weigh nothing); returns the mean loss over every rank's samples."""
+    loss_sum = torch.zeros(2, device=accelerator.device)  # weighted loss, samples (this rank)
+    for position, sample in zip(positions, step_samples, strict=True):
+        weight = float(position < num_samples)
+        with accelerator.accumulate(model):
+            loss = model(sample, noise_seed=noise_seed(seed, epoch, position))
+            accelerator.backward(loss * weight)
+            optimizer.step()
+            optimizer.zero_grad()
+        loss_sum += torch.stack([loss.detach().float() * weight, torch.tensor(weight, device=loss.device)])
+    scheduler.step()
+    loss_sum = accelerator.reduce(loss_sum, reduction="sum") if accelerator.num_processes > 1 else loss_sum
+    return (loss_sum[0] / loss_sum[1]).item()
+
+
+def _log_step(accelerator, bar, output_dir: Path, progress: checkpoints.Progress, mean_loss: float, lr: float,
+              started: float, rows: list[int]) -> None:
+    """Main process: the step's train_log.jsonl line (rows: the dataset rows of the step, 0-based), trackers, bar."""
+    record = dict(step=progress.global_step, epoch=progress.epoch, loss=mean_loss, lr=lr,
+                  step_seconds=time.perf_counter() - started, time=time.time(), samples=rows)
+    if torch.cuda.is_available():
+        record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    append_line(run_folder.train_log(output_dir), json.dumps(record))
+    accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=progress.global_step)
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=progress.epoch)
+    bar.update(1)
 
 
 def _prefetched(dataset, indices, depth: int = 2):
@@ -372,14 +420,6 @@ def _die_with_launcher() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _keep_only_trainable_weights(models, weights, output_dir):
-    """accelerate saves whole state dicts; the frozen base is already on disk, so keep the LoRA only."""
-    for model, state in zip(models, weights, strict=True):
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        for key in [k for k in state if k not in trainable]:
-            del state[key]
 
 
 def _truncate_log(path: Path, last_step: int) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 
+from . import run_folder
 from .config import InputError
 from .data import Sample, read_training_csv
 from .datasets import PuzzleItem
@@ -42,11 +43,7 @@ from .report import write_training_report
 from .scoring import score_item
 from .video import read_frames, write_video
 
-CSV_FILE = "validation.csv"
 CSV_COLUMNS = ("step", "task", "column", "items", "passed", "pass_rate")
-FRAMES_DIR = "validation"
-BEST_JSON = "best.json"
-BEST_LORA = "best.safetensors"
 
 
 # ---------------------------------------------------------------- which puzzles, checked before any model loads
@@ -59,16 +56,18 @@ def default_ids_file(dataset: str | os.PathLike) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def select_validation_items(args) -> list[PuzzleItem]:
-    """The first --val_count puzzles (by task/id) of --val_ids_file (default: the CSV's held-out ids, else all)."""
-    root = Path(args.val_dataset_root)
+def select_validation_items(root: str | os.PathLike, prompt_key: str, ids_file: str | None, dataset: str,
+                            count: int) -> list[PuzzleItem]:
+    """The first `count` (--val_count) puzzles (by task/id) of --val_dataset_root `root` listed in --val_ids_file
+    `ids_file` (default: the training CSV's held-out ids, else all)."""
+    root = Path(root)
     if not root.is_dir():
         raise InputError(f"--val_dataset_root {root}: not a folder; pass a puzzle dataset root "
                          f"(VLMPuzzle or VideoThinkBench layout)")
-    items = find_items(root, args.val_prompt_key)
-    if args.val_ids_file and not Path(args.val_ids_file).is_file():
-        raise InputError(f"--val_ids_file {args.val_ids_file}: file not found")
-    ids_file = args.val_ids_file or default_ids_file(args.dataset)
+    items = find_items(root, prompt_key)
+    if ids_file and not Path(ids_file).is_file():
+        raise InputError(f"--val_ids_file {ids_file}: file not found")
+    ids_file = ids_file or default_ids_file(dataset)
     if ids_file:
         by_key = {item.key: item for item in items}
         keys = sorted(set(read_ids_file(ids_file)))
@@ -77,7 +76,7 @@ def select_validation_items(args) -> list[PuzzleItem]:
             raise InputError(f"validation ids file {ids_file}: {len(missing)} puzzles are not in --val_dataset_root "
                              f"{root}, first: {missing[0]}")
         items = [by_key[key] for key in keys]
-    items = items[:args.val_count]
+    items = items[:count]
     for item in items:
         check_image_header(item.puzzle_path, item.key)
         try:  # a record the scorer cannot read would otherwise fail hours into training
@@ -112,15 +111,16 @@ def training_puzzles(samples: list[Sample], items: list[PuzzleItem]) -> dict[str
     return found
 
 
-def check_validation_split(args) -> list[PuzzleItem]:
-    """The validation puzzles, refused when any of them is also trained on."""
-    items = select_validation_items(args)
-    trained = training_puzzles(read_training_csv(args.dataset), find_items(args.val_dataset_root, args.val_prompt_key))
+def check_validation_split(root: str | os.PathLike, prompt_key: str, ids_file: str | None, dataset: str,
+                           count: int) -> list[PuzzleItem]:
+    """The validation puzzles (select_validation_items), refused when any of them is also trained on."""
+    items = select_validation_items(root, prompt_key, ids_file, dataset, count)
+    trained = training_puzzles(read_training_csv(dataset), find_items(root, prompt_key))
     overlap = [item.key for item in items if item.key in trained]
     if overlap:
         first = trained[overlap[0]]
         raise InputError(f"{len(overlap)} of the {len(items)} validation puzzles are in the training CSV "
-                         f"{args.dataset} (first: {overlap[0]}, row {first.row}); validate on held-out puzzles: "
+                         f"{dataset} (first: {overlap[0]}, row {first.row}); validate on held-out puzzles: "
                          f"make the CSV with prepare_csv.py --val_count N (its <stem>_val_ids.txt is the default) "
                          f"or pass --val_ids_file")
     return items
@@ -130,7 +130,7 @@ def check_validation_split(args) -> list[PuzzleItem]:
 
 
 def read_rows(output_dir: Path) -> list[dict]:
-    path = Path(output_dir) / CSV_FILE
+    path = run_folder.validation_csv(output_dir)
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -143,7 +143,7 @@ def write_rows(output_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({name: row[name] for name in CSV_COLUMNS} for row in rows)
-    atomic_write(Path(output_dir) / CSV_FILE, buffer.getvalue())
+    atomic_write(run_folder.validation_csv(output_dir), buffer.getvalue())
 
 
 def overall_pass_rates(rows: list[dict]) -> dict[int, float]:
@@ -159,7 +159,7 @@ def overall_pass_rates(rows: list[dict]) -> dict[int, float]:
 
 
 def read_best(output_dir: Path) -> dict | None:
-    path = Path(output_dir) / BEST_JSON
+    path = run_folder.best_json(output_dir)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -172,8 +172,8 @@ def restore_history(output_dir: Path, resumed_step: int) -> float | None:
     kept = [row for row in rows if row["step"] <= resumed_step]
     if len(kept) != len(rows):
         write_rows(output_dir, kept)
-    for folder in (output_dir / FRAMES_DIR).glob("step-*"):
-        if folder.name.removeprefix("step-").isdigit() and int(folder.name.removeprefix("step-")) > resumed_step:
+    for step, folder in run_folder.validation_frames_by_step(output_dir).items():
+        if step > resumed_step:
             shutil.rmtree(folder, ignore_errors=True)
     best = read_best(output_dir)
     if best is not None and best["step"] <= resumed_step:
@@ -181,19 +181,19 @@ def restore_history(output_dir: Path, resumed_step: int) -> float | None:
     # best.json is written before best.safetensors, so a best at or before the resumed step has its own LoRA;
     # otherwise both may belong to a dropped step.
     rates = overall_pass_rates(kept)
-    (output_dir / BEST_LORA).unlink(missing_ok=True)
+    run_folder.best_export(output_dir).unlink(missing_ok=True)
     if not rates:
-        (output_dir / BEST_JSON).unlink(missing_ok=True)
+        run_folder.best_json(output_dir).unlink(missing_ok=True)
         return None
     step = max(rates, key=lambda s: (rates[s], -s))  # highest rate, earliest step on ties
-    export = output_dir / f"step-{step}.safetensors"
+    export = run_folder.step_export(output_dir, step)
     if export.is_file():
-        atomic_write(output_dir / BEST_LORA, export.read_bytes())
+        atomic_write(run_folder.best_export(output_dir), export.read_bytes())
     else:
         print(f"warning: the best validation step {step} has no {export.name}; best.json names no LoRA until a "
               f"later step beats it", file=sys.stderr)
-    atomic_write(output_dir / BEST_JSON, json.dumps(
-        {"step": step, "pass_rate": rates[step], "lora": BEST_LORA if export.is_file() else None}, indent=1))
+    atomic_write(run_folder.best_json(output_dir), json.dumps(
+        {"step": step, "pass_rate": rates[step], "lora": run_folder.BEST_LORA if export.is_file() else None}, indent=1))
     return rates[step]
 
 
@@ -218,23 +218,18 @@ def per_task_rows(step: int, results: list[dict]) -> list[dict]:
 
 class TaskValidator:
     """Holds this rank's share of the puzzles (item i on rank i % world), T5 + VAE, and the best pass rate so far (the
-    same on every rank)."""
+    same on every rank). T5 and the VAE are given apart from the pipeline: training from the latent cache drops them
+    from it (train.load_model)."""
 
-    def __init__(self, args, accelerator, pipe):
+    def __init__(self, accelerator, pipe, text_encoder, vae, items: list[PuzzleItem], settings: GenerationSettings,
+                 output_dir: Path, every: int):
         self.accelerator, self.pipe = accelerator, pipe
-        self.output_dir = Path(args.output_dir)
-        self.every = args.val_every or args.save_steps
-        self.mine = select_validation_items(args)[accelerator.process_index::accelerator.num_processes]
-        self.settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
-                                           args.val_cfg_scale, fit=args.fit)
-        self.text_encoder, self.vae = pipe.text_encoder, pipe.vae
+        self.output_dir = Path(output_dir)
+        self.every = every
+        self.mine = items[accelerator.process_index::accelerator.num_processes]
+        self.settings = settings
+        self.text_encoder, self.vae = text_encoder, vae
         self.best_rate: float | None = None
-
-    def offload_text_encoder(self) -> None:
-        """After the latent cache pass: T5 waits on the CPU until validation (the VAE is small and stays)."""
-        self.text_encoder.to("cpu")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def restore_history(self, resumed_step: int) -> None:
         """Collective: rank 0 trims the history to the resumed step; every rank learns the best rate."""
@@ -247,7 +242,7 @@ class TaskValidator:
     def run(self, step: int, current_lora) -> None:
         """Collective: generate + score this rank's puzzles, gather, log; `current_lora()` (itself collective under
         DeepSpeed) gives the LoRA state to export when the pass rate improved."""
-        frames_dir = self.output_dir / FRAMES_DIR / f"step-{step}"
+        frames_dir = run_folder.validation_frames(self.output_dir, step)
         results = []
         with self._generating():
             for item in self.mine:
@@ -279,9 +274,9 @@ class TaskValidator:
                 scalars["val/average"] = board["average"]
             self.accelerator.log(scalars, step=step)
             if improved:  # best.json first: restore_history relies on that order
-                atomic_write(self.output_dir / BEST_JSON,
-                             json.dumps({"step": step, "pass_rate": rate, "lora": BEST_LORA}, indent=1))
-                export_lora(lora_state, self.output_dir / BEST_LORA)
+                atomic_write(run_folder.best_json(self.output_dir),
+                             json.dumps({"step": step, "pass_rate": rate, "lora": run_folder.BEST_LORA}, indent=1))
+                export_lora(lora_state, run_folder.best_export(self.output_dir))
             write_training_report(self.output_dir)
         if improved:
             self.best_rate = rate
@@ -309,9 +304,11 @@ class TaskValidator:
         finally:
             dit.train(was_training)
             vars(pipe.scheduler).update(scheduler_state)
-            if dropped:
+            if dropped:  # T5 waits on the CPU until the next validation (the VAE is small and stays)
                 pipe.text_encoder = pipe.vae = None
-                self.offload_text_encoder()
+                self.text_encoder.to("cpu")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
 
 def main(argv=None) -> int:
@@ -320,7 +317,7 @@ def main(argv=None) -> int:
                                                  "validation.csv and best.json.")
     parser.add_argument("output_dir")
     args = parser.parse_args(argv)
-    if not (Path(args.output_dir) / "train_log.jsonl").is_file():
+    if not run_folder.train_log(args.output_dir).is_file():
         print(f"error: {args.output_dir} has no train_log.jsonl; pass a training --output_dir", file=sys.stderr)
         return 2
     print(f"wrote {write_training_report(Path(args.output_dir))}")
