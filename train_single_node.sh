@@ -8,7 +8,6 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 export PYTHONPATH="$HERE${DIFFSYNTH_PATH:+:$DIFFSYNTH_PATH}${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DIFFSYNTH_SKIP_DOWNLOAD=True
 PYTHON="${PYTHON:-python3}"
 
 exec "$PYTHON" -m wan_sft.launch single "$@"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,7 @@ from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
 from wan_sft.model_files import load_pipeline  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
+from wan_sft.report import moving_average  # noqa: E402
 from wan_sft.train import FlowMatchLoss, configure_deepspeed  # noqa: E402
 
 
@@ -59,8 +61,6 @@ def measure(step, steps: int, warmup: int = 2) -> dict:
 
 def compare_losses(reference: list[float], other: list[float], window: int = 20) -> dict:
     """Mean and max relative difference of the two loss curves after a moving average of `window` steps."""
-    from wan_sft.report import moving_average
-
     ref, oth = moving_average(reference, window), moving_average(other, window)
     rel = [abs(o - r) / abs(r) for r, o in zip(ref, oth, strict=True)]
     return dict(window=window, steps=len(rel), mean_relative=statistics.mean(rel), max_relative=max(rel))
@@ -71,8 +71,6 @@ def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> di
     DeepSpeed settings), the default block settings; a profile of one step is written beside --out.
 
     Last, because DeepSpeed casts the module to bf16 for good."""
-    import os
-
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 

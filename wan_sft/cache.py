@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
+from tqdm import tqdm
 
 from .fsutil import atomic_write
 from .geometry import DEFAULT_FIT
@@ -192,8 +193,6 @@ def fill_cache(accelerator, encode, clip_dataset, paths: EntryPaths, mine: list[
                texts_missing: set[Path], present_bytes: int) -> None:
     """Encode this rank's missing entries (collective: ends when every rank is done); resumable. Rank 0 reports
     the cache's bytes per clip over its share."""
-    from tqdm import tqdm
-
     written = 0
     for i in tqdm(mine, desc="encoding latent cache", unit="clip", disable=not accelerator.is_main_process or not mine):
         write_text = paths[i][1] in texts_missing

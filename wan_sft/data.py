@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .clip_record import ClipRecord, record_path
 from .config import InputError, check_video_shape
 from .fsutil import atomic_write
 from .geometry import DEFAULT_FIT, cut_fractions, fit_image
@@ -197,8 +198,6 @@ def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int,
                           fit: str = DEFAULT_FIT) -> list[Sample]:
     """Everything training needs from the CSV, checked before any model is loaded (decoding only the clips that
     changed since the last check, unless recheck)."""
-    from .clip_record import ClipRecord, record_path
-
     check_video_shape(num_frames, height, width)
     samples = read_training_csv(path)
     record = ClipRecord(record_path(path), recheck)

@@ -99,7 +99,7 @@ def solution_video_of(record: dict, item_id: str, task_dir: Path) -> Path:
 
 def read_task(task_dir: Path, prompt_key: str | None = None) -> list[PuzzleItem]:
     """The records of one task folder's data.json as items."""
-    from .data import read_utf8
+    from .data import read_utf8  # data imports torch: reading puzzles (the launchers' --demo) does not need it
 
     data_file = task_dir / "data.json"
     try:

@@ -8,6 +8,8 @@ import argparse
 from pathlib import Path
 
 from .config import InputError
+from .datasets import read_puzzles
+from .fsutil import atomic_write
 
 DEMO_ROOT = Path("demo")
 SIZE = dict(num_frames=9, height=160, width=96)  # 4k+1 frames, multiples of 32
@@ -25,8 +27,7 @@ def demo_paths(root: Path = DEMO_ROOT) -> dict[str, Path]:
 def prepare_demo(root: Path = DEMO_ROOT) -> dict[str, Path]:
     """Write (or reuse) the tiny model, the generated puzzles, the training CSV with its held-out ids, and the
     evaluation's ids (held-out mazes + eyeballing puzzles)."""
-    from .datasets import read_puzzles
-    from .fsutil import atomic_write
+    # torch and the puzzle generator: the launchers import this module and start without them
     from .model_files import REGISTRY_FILE, write_model_folder
     from .prepare import main as prepare_csv
     from .puzzles import generate_maze_task, generate_task
@@ -94,8 +95,6 @@ def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
 
 def demo_inference_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
     """inference.py --demo: the first held-out puzzle, with its own prompt."""
-    from .datasets import read_puzzles
-
     refuse_flags_the_demo_sets(parser, argv, (*GENERATION_FLAGS, "input_image", "prompt", "output"))
     paths = _demo_generation_args(args)
     key = paths["val_ids"].read_text().split()[0]

@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from .config import InputError
 from .datasets import PuzzleItem, read_puzzles, require_prompts
 from .fsutil import atomic_save_image, atomic_write
@@ -27,6 +29,7 @@ from .geometry import DEFAULT_FIT, fit_image
 from .inference import read_image
 from .leaderboard import rule_of
 from .scoring import overlay_image, score_item
+from .video import read_frames
 
 SETTINGS_FILE = "run_settings.json"
 
@@ -100,8 +103,6 @@ def select_items(items: list[PuzzleItem], tasks: str | None = None, ids_file: st
 
 def check_image_header(path: Path, key: str) -> None:
     """Cheap (header only) check that a puzzle image exists and is an image."""
-    from PIL import Image
-
     if not path.is_file():
         raise InputError(f"{key}: puzzle image {path} not found")
     try:
@@ -189,8 +190,6 @@ def candidate_files(candidates_dir: Path, item: PuzzleItem) -> tuple[Path | None
 def rescore_item(item: PuzzleItem, candidates_dir: Path, output_dir: Path, options: ScoringOptions) -> dict:
     """Score a candidate: the decoded frames of its mp4 when there is one (every verdict), else its PNG as the
     last frame (last-frame verdicts only)."""
-    from .video import read_frames
-
     frame_file, video_file = candidate_files(candidates_dir, item)
     if video_file:
         atomic_write(item_path(output_dir, item.task, item.id, "video"), video_file.read_bytes())

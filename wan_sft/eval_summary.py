@@ -12,6 +12,7 @@ from .config import InputError
 from .eval_items import SETTINGS_FILE, check_settings, item_path, read_item_results
 from .fsutil import atomic_write
 from .leaderboard import column_scores
+from .report import write_report
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -123,17 +124,10 @@ def write_attempt_dirs(output_dir: Path, results: list[dict]) -> Path:
 
 
 def write_outputs(output_dir: Path, results: list[dict], summary: dict) -> None:
-    """results.jsonl, summary.json, the table on stdout, and report.html when wan_sft/report.py exists."""
+    """results.jsonl, summary.json, the table on stdout, and report.html."""
     atomic_write(output_dir / RESULTS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     atomic_write(output_dir / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False))
     print(format_table(summary), flush=True)
-    try:
-        from .report import write_report
-    except ModuleNotFoundError as error:
-        if error.name != "wan_sft.report":
-            raise
-        print("note: wan_sft/report.py is not there yet; report.html skipped", flush=True)
-        return
     print(f"report: {write_report(output_dir)}", flush=True)
 
 

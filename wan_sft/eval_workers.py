@@ -5,12 +5,14 @@ item, which is reported.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from .datasets import PuzzleItem
 from .eval_items import ScoringOptions, item_path, score_and_record
 from .fsutil import WriteFailed, write_failed
 from .inference import GenerationSettings, generate, load_generator, read_image
+from .video import read_frames, write_video
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,6 @@ class GenerationJob:
 
 def generate_item(pipe, item: PuzzleItem, job: GenerationJob, worker: str) -> dict:
     """Generate, write the mp4, and score the frames decoded from it (what the official tools score)."""
-    from .video import read_frames, write_video
-
     output_dir = Path(job.output_dir)
     start = time.perf_counter()
     frames = generate(pipe, read_image(item.puzzle_path), item.prompt, job.settings)
@@ -60,9 +61,6 @@ class WorkerSpec:
 
 def _exit_with_parent() -> None:
     """A worker must not outlive a killed parent (it would race a rerun on the same items)."""
-    import multiprocessing
-    from multiprocessing.connection import wait
-
     parent = multiprocessing.parent_process()
     if parent is not None:
         def watch():
@@ -130,8 +128,6 @@ def worker_specs(gpus: str | None, workers: int) -> list[WorkerSpec]:
 def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: GenerationJob, on_result,
                 log=print) -> dict[str, str]:
     """Hand items out one at a time to whichever worker is free; returns {item key: why it is unfinished}."""
-    from multiprocessing.connection import wait
-
     context = torch.multiprocessing.get_context("spawn")
     pending = deque(items)
     processes, conns, busy, problems = {}, {}, {}, {}

@@ -17,7 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from .cli import run_entry
 from .config import HelpFormatter, InputError, environment_help
+from .demo import demo_eval_args
 from .eval_items import (
     SETTINGS_FILE,
     ScoringOptions,
@@ -34,7 +38,7 @@ from .eval_items import (
 )
 from .eval_summary import merge_runs, summarize, write_attempt_dirs, write_outputs
 from .eval_workers import GenerationJob, run_workers, worker_specs
-from .fsutil import WriteFailed, atomic_write
+from .fsutil import atomic_write
 from .inference import add_generation_args, check_generation_args, settings_from_args
 from .leaderboard import rule_of
 from .scoring import VISUAL_METRICS
@@ -77,8 +81,6 @@ def parse_args(argv) -> argparse.Namespace:
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
-        from .demo import demo_eval_args
-
         demo_eval_args(args, parser, argv)
     elif not args.dataset_root:
         parser.error("--dataset_root is required (or --demo)")
@@ -175,8 +177,6 @@ def evaluate(argv) -> int:
     print(f"{len(items)} puzzles selected, {done_before} already finished in {output_dir}, {len(todo)} to do",
           flush=True)
 
-    from tqdm import tqdm
-
     bar = tqdm(total=len(items), initial=done_before, desc="eval", file=sys.stderr, dynamic_ncols=True)
 
     def on_result(result):
@@ -234,16 +234,14 @@ def merge(argv) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["merge"]:
-            return merge(argv[1:])
-        if "--merge" in argv:
-            return merge([arg for arg in argv if arg != "--merge"])
-        return evaluate(argv)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except WriteFailed as error:  # the item's partial files are removed; finished items are complete
-        print(f"error: {error}. Finished items are kept: free space and rerun the same command to do the rest",
-              file=sys.stderr)
-        return 1
+    # A failed write removes the item's partial files; finished items are complete.
+    return run_entry(evaluate_or_merge, argv, write_failed_advice="Finished items are kept: free space and rerun the "
+                                                                  "same command to do the rest")
+
+
+def evaluate_or_merge(argv: list[str]) -> int:
+    if argv[:1] == ["merge"]:
+        return merge(argv[1:])
+    if "--merge" in argv:
+        return merge([arg for arg in argv if arg != "--merge"])
+    return evaluate(argv)

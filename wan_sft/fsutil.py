@@ -1,7 +1,9 @@
 """Atomic file writes: a reader never sees a half-written file, an interrupted writer leaves nothing behind."""
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,8 +22,6 @@ class WriteFailed(Exception):
 
 
 def write_failed(path: str | os.PathLike, error: BaseException) -> WriteFailed:
-    import shutil
-
     where = Path(path).absolute()
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -65,8 +65,6 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 def atomic_save_image(image, path: str | os.PathLike) -> None:
     """Save a PIL image in the format its suffix names, atomically."""
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format=Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG"))
     atomic_write(path, buffer.getvalue())

@@ -11,13 +11,14 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .acceleration import configure_blocks
+from .cli import run_entry
 from .config import (
     DEFAULT_HEIGHT,
     DEFAULT_NUM_FRAMES,
@@ -30,8 +31,13 @@ from .config import (
     check_video_shape,
     environment_help,
 )
+from .demo import demo_inference_args
+from .fp8 import convert_block_linears
 from .fsutil import atomic_save_image
 from .geometry import DEFAULT_FIT, FITS, fit_image
+from .lora import fuse_lora, read_lora_file
+from .model_files import load_pipeline, locate_model_files
+from .video import write_video
 
 # Wan's default negative prompt (as in the Wan2.2 repository and DiffSynth's examples).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -90,9 +96,6 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 
 def check_generation_args(args: argparse.Namespace) -> None:
     """Every generation check that needs no model: shape, numbers, model files, LoRA file."""
-    from .lora import read_lora_file
-    from .model_files import locate_model_files
-
     check_video_shape(args.num_frames, args.height, args.width)
     if args.num_inference_steps < 1:
         raise InputError(f"--num_inference_steps {args.num_inference_steps} is invalid: it must be at least 1")
@@ -138,17 +141,11 @@ def load_generator(model_base_path, lora_path, device: str, compile_blocks: bool
     `compile_blocks` torch.compiles each DiT block: worth it for many videos (evaluation), not for one.
     `fp8` (approximate) puts the DiT block linears in FP8 after the LoRA is fused (wan_sft/fp8.py).
     """
-    from .acceleration import configure_blocks
-    from .lora import fuse_lora
-    from .model_files import load_pipeline
-
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     pipe = load_pipeline(model_base_path, device, dtype)
     with contextlib.redirect_stdout(io.StringIO()):  # DiffSynth prints its own count; callers report ours
         fused = fuse_lora(pipe, lora_path) if lora_path else 0
     if fp8:
-        from .fp8 import convert_block_linears
-
         convert_block_linears(pipe.dit)
     if compile_blocks:
         configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
@@ -197,8 +194,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
-        from .demo import demo_inference_args
-
         demo_inference_args(args, parser, argv)
     elif not (args.input_image and args.prompt):
         parser.error("--input_image and --prompt are required (or --demo)")
@@ -206,22 +201,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-        check_generation_args(args)
-        check_device(args.device)
-        image = read_image(args.input_image)
-        output = Path(args.output or Path("output/inference") / f"{Path(args.input_image).stem}.mp4")
-        if output.suffix.lower() != ".mp4":
-            raise InputError(f"--output {output} must end in .mp4 (the last frame is written beside it as PNG)")
-        if output.is_dir():
-            raise InputError(f"--output {output} is a directory; name the mp4 file")
-        pipe, fused = load_generator(args.model_base_path, args.lora_path, args.device, fp8=args.fp8)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from .video import write_video
+    return run_entry(generate_one_video, argv)
 
+
+def generate_one_video(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    check_generation_args(args)
+    check_device(args.device)
+    image = read_image(args.input_image)
+    output = Path(args.output or Path("output/inference") / f"{Path(args.input_image).stem}.mp4")
+    if output.suffix.lower() != ".mp4":
+        raise InputError(f"--output {output} must end in .mp4 (the last frame is written beside it as PNG)")
+    if output.is_dir():
+        raise InputError(f"--output {output} is a directory; name the mp4 file")
+    pipe, fused = load_generator(args.model_base_path, args.lora_path, args.device, fp8=args.fp8)
     print(f"fused {fused} LoRA layers from {args.lora_path}" if args.lora_path else "no LoRA: base model",
           flush=True)
     frames = generate(pipe, image, args.prompt, settings_from_args(args), show_progress=True)

@@ -7,21 +7,30 @@ On a machine without GPUs training runs on CPU with gloo; accelerate only starts
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from . import config
+from .checkpoints import check_same_settings, run_fingerprint
+from .cli import run_entry
 from .config import InputError
+from .demo import demo_training_args
+from .fsutil import atomic_write
 
 CONFIG_FILE = "accelerate_config.yaml"
+# A Ctrl-C while validating (python -m wan_sft.launch, python -m wan_sft.slurm): later ones are forwarded to training.
+STOPPED_BEFORE_TRAINING = "stopped by signal before training started; nothing to save"
 
 
 def visible_gpus() -> int:
-    import torch
+    import torch  # here: the launchers' --help starts without torch
 
     return torch.cuda.device_count()
 
@@ -44,8 +53,6 @@ def accelerate_config(num_processes: int, use_gpu: bool, gradient_accumulation_s
 
 def write_accelerate_config(path: str | os.PathLike, num_processes: int, use_gpu: bool,
                             gradient_accumulation_steps: int = 1) -> Path:
-    from .fsutil import atomic_write
-
     text = yaml.safe_dump(accelerate_config(num_processes, use_gpu, gradient_accumulation_steps), sort_keys=True)
     if not use_gpu and num_processes > 1:
         text = ("# CPU ranks: accelerate needs MULTI_GPU here plus ACCELERATE_USE_CPU=true (set by the launcher)\n"
@@ -76,7 +83,7 @@ def training_flags(args: argparse.Namespace) -> list[str]:
 
 def validate(args: argparse.Namespace) -> None:
     """Every check that needs no model: runs before anything is written, queued or loaded."""
-    from .checkpoints import check_same_settings, run_fingerprint
+    # These bring torch: imported here, so that --help starts without it.
     from .data import validate_training_csv
     from .lora import read_lora_file
     from .model_files import locate_model_files
@@ -124,8 +131,6 @@ def single_node(argv: list[str]) -> int:
     parser = single_node_parser()
     args = parser.parse_args(argv)
     if args.demo:
-        from .demo import demo_training_args
-
         demo_training_args(args, parser, argv)
     gpus = visible_gpus()
     num_processes = args.num_gpus or max(gpus, 1)
@@ -159,11 +164,7 @@ def run_accelerate(accelerate_argv: list[str]) -> int:
     state and exits 128+signal, and so does this process, with the training's exit code. A training process that
     fails has said why: accelerate's CalledProcessError / torch's ChildFailedError traceback is not added.
     """
-    import logging
-    import signal
-    import subprocess
-
-    import psutil
+    import psutil  # accelerate's dependency; these load only when training starts
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -205,20 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "single":
         print("usage: python -m wan_sft.launch single [flags]", file=sys.stderr)
         return 2
-    return run_entry(single_node, argv[1:])
-
-
-def run_entry(entry, argv: list[str]) -> int:
-    """ENTRY(ARGV)'s exit code (python -m wan_sft.launch single, python -m wan_sft.slurm): a bad input or a Ctrl-C
-    before training started ends it with a one-line message, not a traceback."""
-    try:
-        return entry(argv)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C while validating: training had not started (later ones are forwarded)
-        print("stopped by signal before training started; nothing to save", file=sys.stderr)
-        return 130
+    return run_entry(single_node, argv[1:], interrupted=STOPPED_BEFORE_TRAINING)
 
 
 if __name__ == "__main__":

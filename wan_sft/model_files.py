@@ -7,6 +7,7 @@ architecture is unknown to DiffSynth, so the writer leaves a sidecar (`REGISTRY_
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.serialization import config as serialization
 
 from .config import InputError
 
@@ -74,8 +78,6 @@ def _check_weights_file(path: Path) -> None:
                          f"{', '.join((*DIT_SHARDS, T5_FILE, VAE_FILE))} and {TOKENIZER_DIR}/)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 f.keys()
         elif not zipfile.is_zipfile(path):
@@ -130,8 +132,6 @@ def memory_mapped_torch_load():
     them, then reads it again to load it: the 11 GB T5 twice per process. Mapped, the hash reads only the pickled
     index, the load reads each tensor once, and the ranks of one node share the page cache instead of each holding
     a private copy while loading (bench/load_speed.py)."""
-    from torch.utils.serialization import config as serialization
-
     before, serialization.load.mmap = serialization.load.mmap, True
     try:
         yield
@@ -159,7 +159,6 @@ def write_model_folder(out: str | os.PathLike, size: str = "tiny", seed: int = 0
     from diffsynth.models.wan_video_dit import WanModel
     from diffsynth.models.wan_video_text_encoder import WanTextEncoder
     from diffsynth.models.wan_video_vae import WanVideoVAE38
-    from safetensors.torch import save_file
 
     if size not in ("tiny", "5b"):
         raise InputError(f"model size {size!r} is unknown: use tiny or 5b")
@@ -222,8 +221,6 @@ def _write_word_level_tokenizer(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         description="Write a random-weight Wan2.2-TI2V-5B model folder (MODEL_BASE_PATH layout).")
     parser.add_argument("out", help="folder to write")

@@ -15,14 +15,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
+from .cli import run_entry
 from .clip_record import ClipRecord, record_path
 from .config import HelpFormatter, InputError, add_video_shape_args, check_video_shape
 from .data import Sample, check_samples, read_csv_cells, read_utf8, resolve_video, write_training_csv
+from .datasets import read_puzzles
 from .fsutil import atomic_write
 from .geometry import DEFAULT_FIT, FITS, fit_image
-from .video import read_frames, write_video
+from .video import header_frame_count, read_frames, write_video
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
 TRIM_FPS = 16  # Wan2.2's native frame rate
@@ -41,8 +44,6 @@ class Entry:
 
 def entries_from_dataset_root(root: Path, prompt_key: str | None = None) -> list[Entry]:
     """Every puzzle of a dataset root (wan_sft/datasets.py): its solution video and prompt."""
-    from .datasets import read_puzzles
-
     return [Entry(str(item.solution_video), item.prompt,
                   f"{item.task}/data.json record {item.where.rsplit(' ', 1)[-1]}", item.key, str(item.puzzle_path))
             for item in read_puzzles(root, prompt_key)]
@@ -194,10 +195,6 @@ def print_summary(rows_in: int, held_out: int, rows_out: int, dropped: list[tupl
 def print_dataset_shapes(entries: list[Entry], height: int, width: int) -> None:
     """Per task, the puzzle canvas sizes and solution clip lengths found (headers only), and the size to train at
     when every puzzle is square."""
-    from PIL import Image
-
-    from .video import header_frame_count
-
     canvases: dict[str, Counter] = {}
     lengths: dict[str, Counter] = {}
     for entry in entries:
@@ -299,9 +296,4 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["generate"]:
         from .puzzles import main_generate  # imported here so the CSV tools work without the generator
         return main_generate(argv[1:])
-    args = parse_args(argv)
-    try:
-        return prepare(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_entry(prepare, parse_args(argv))

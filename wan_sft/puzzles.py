@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
 
+from .cli import run_entry
 from .config import HelpFormatter, InputError
 from .fsutil import atomic_save_image, atomic_write
 from .video import write_video
@@ -324,7 +326,6 @@ REPORT_FILE = "generation_report.json"
 def _progress(iterable, total: int, desc: str):
     if total < 20:
         return iterable
-    from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr)
 
 
@@ -464,6 +465,10 @@ def parse_grid(text: str) -> list[int]:
 
 
 def main_generate(argv: list[str] | None = None) -> int:
+    return run_entry(generate_command, argv)
+
+
+def generate_command(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="prepare_csv.py generate", formatter_class=HelpFormatter,
                                      description="Generate puzzle tasks with solution videos, in either layout.",
                                      epilog="environment: none needed (no model is loaded).\n\nNothing to resume: "
@@ -483,12 +488,8 @@ def main_generate(argv: list[str] | None = None) -> int:
                              + ", ".join(f"{task} {frames}" for task, (_, _, frames) in TASKS.items()) + ")")
     parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help="frame rate of the solution videos")
     args = parser.parse_args(argv)
-    try:
-        records = generate_task(args.out, args.task, args.num, args.seed, args.width, args.height, args.num_frames,
-                                args.fps, args.layout, parse_grid(args.grid))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    records = generate_task(args.out, args.task, args.num, args.seed, args.width, args.height, args.num_frames,
+                            args.fps, args.layout, parse_grid(args.grid))
     frames = args.num_frames or TASKS[args.task][2]
     print(f"wrote {len(records)} {args.task} puzzles ({args.width}x{args.height}, {frames} frames "
           f"@ {args.fps} fps, seed {args.seed}) to {task_dir_of(args.out, args.task, args.layout)}/data.json")

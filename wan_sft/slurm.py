@@ -24,6 +24,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from . import config, launch, run_folder
+from .cli import run_entry
 from .config import InputError
+from .fsutil import atomic_write
 from .watchdog import WATCHDOG_EXIT
 
 DEFAULT_OUTPUT_DIR = "./output/wan_lora_multi"
@@ -242,8 +245,6 @@ def submit(args) -> int:
     if shutil.which("sbatch") is None:
         raise InputError("sbatch not found: run this on a Slurm login node (or see what would run with --dry_run)")
     write_files(args)
-    from .fsutil import atomic_write
-
     atomic_write(script_path(args), sbatch_script(args))
     command = sbatch_command(args)
     print("+ " + shlex.join(command), flush=True)
@@ -270,8 +271,6 @@ def run_batch_shell(args) -> int:
 
 def in_task(args) -> int:
     """One per node, under srun: compute this node's rank and run accelerate launch (launch.run_accelerate)."""
-    import signal
-
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until run_accelerate installs its handler
     where = node_env(os.environ)
     if args.num_nodes is not None and where["num_nodes"] != args.num_nodes:
@@ -315,4 +314,4 @@ def dry_run(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(launch.run_entry(multi_node, sys.argv[1:]))
+    sys.exit(run_entry(multi_node, sys.argv[1:], interrupted=launch.STOPPED_BEFORE_TRAINING))

@@ -24,7 +24,7 @@ from . import cache, checkpoints, config, run_folder
 from .acceleration import auto_checkpoint_blocks, configure_blocks
 from .data import ClipDataset, read_training_csv
 from .fp8 import convert_block_linears
-from .fsutil import WriteFailed, append_line, atomic_write
+from .fsutil import append_line, atomic_write
 from .inference import GenerationSettings
 from .lora import add_lora, warm_start
 from .model_files import load_pipeline, locate_model_files
@@ -463,15 +463,10 @@ class _StopFlag:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except config.InputError as error:  # the output folder holds a run with other settings
-        sys.exit(f"error: {error}")
-    except WriteFailed as error:  # this rank's partial files are removed; every earlier output is complete
-        from tqdm import tqdm
+    from .cli import run_entry
 
-        for bar in list(tqdm._instances):  # end the progress bar's line
-            bar.close()
-        print(f"error: {error}. Earlier exports and the newest complete state are intact: free space and rerun "
-              f"the same command to resume", file=sys.stderr, flush=True)
-        sys.exit(1)
+    # InputError: the output folder holds a run with other settings. WriteFailed: this rank's partial files are
+    # removed; every earlier output is complete.
+    sys.exit(run_entry(main, sys.argv[1:], input_error_exit=1,
+                       write_failed_advice="Earlier exports and the newest complete state are intact: free space and "
+                                           "rerun the same command to resume"))
