@@ -90,3 +90,19 @@ def test_ctrl_c_while_validating_ends_with_one_line(tmp_path):
     assert result.returncode == 130
     assert result.stderr == "stopped by signal before training started; nothing to save\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_master_port_sets_the_default_port_and_a_bad_value_is_one_line(monkeypatch, capsys):
+    from wan_sft.launch import single_node_parser
+
+    flags = ["--dataset", "x.csv"]
+    monkeypatch.setenv("MASTER_PORT", "")  # set but empty, as some schedulers leave it: the default
+    assert single_node_parser().parse_args(flags).port == 29500
+    monkeypatch.setenv("MASTER_PORT", "31234")
+    assert single_node_parser().parse_args(flags).port == 31234
+    assert single_node_parser().parse_args([*flags, "--port", "40000"]).port == 40000
+    monkeypatch.setenv("MASTER_PORT", "abc")
+    with pytest.raises(SystemExit) as exit_info:
+        single_node_parser().parse_args(flags)
+    assert exit_info.value.code == 2
+    assert "argument --port: invalid int value: 'abc'" in capsys.readouterr().err

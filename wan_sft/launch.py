@@ -120,7 +120,7 @@ def single_node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_gpus", type=int, default=None,
                         help="processes to start (default: all visible GPUs; 1 CPU process without GPUs)")
     config.add_model_base_path(parser)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("MASTER_PORT", 29500)),
+    parser.add_argument("--port", type=int, default=os.environ.get("MASTER_PORT") or 29500,
                         help="rendezvous port ($MASTER_PORT when set)")
     parser.add_argument("--demo", action="store_true",
                         help="train the tiny model on generated mazes under ./demo (CPU, a few minutes)")
