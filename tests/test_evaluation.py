@@ -473,3 +473,26 @@ def test_a_symlinked_candidate_outside_the_candidates_dir_is_only_read(dataset, 
     assert not trap.is_symlink() and trap.read_bytes() != b""
     # PNG candidates: mazes get their verdict, eyeballing its Last Frame verdict (Major Frame needs the video)
     assert all(r["pass"] if r["pass"] is not None else r["last_frame_pass"] for r in _results(output_dir))
+
+
+def test_worker_killed_while_loading_is_named(dataset, tiny_model, tmp_path):
+    """SIGKILL both workers before either loaded the pipeline (they are still importing): each is named with its
+    exit code in the log, and every item is reported unfinished with that reason; exit code 1."""
+    output_dir = tmp_path / "eval"
+    process = subprocess.Popen(_command(dataset, tiny_model, output_dir), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline, workers = time.time() + 60, []
+    while len(workers) < 2 and time.time() < deadline:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        time.sleep(0.01)
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    out, err = process.communicate(timeout=120)
+    assert "pipeline loaded" not in out  # killed while importing torch: well before the tiny model loads
+    for name in ("cpu0", "cpu1"):
+        assert f"{name}: exited (exit code -9) while loading the pipeline\n" in out
+    why = "not started (cpu0: exited (exit code -9) while loading the pipeline; cpu1: exited (exit code -9) while " \
+          "loading the pipeline)"
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert process.returncode == 1 and summary["unfinished"] == {key: why for key in _keys(dataset)}

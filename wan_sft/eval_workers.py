@@ -147,7 +147,7 @@ def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: Generatio
             if item is not None:
                 pending.appendleft(item)
 
-    load_errors = []
+    load_errors, loaded = [], set()  # loaded: sent "ready" or "load_failed"
     alive = set(processes)
     try:
         while alive:
@@ -157,8 +157,10 @@ def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: Generatio
                     while conns[name].poll():
                         kind, key, payload = conns[name].recv()
                         if kind == "ready":
+                            loaded.add(name)
                             log(f"{name}: pipeline loaded" + (f", fused {payload} LoRA layers" if payload else ""))
                         elif kind == "load_failed":
+                            loaded.add(name)
                             load_errors.append(f"{name}: {payload}")
                             log(f"{name}: failed to load the pipeline: {payload}")
                             continue
@@ -174,6 +176,10 @@ def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: Generatio
                     pass
                 if not processes[name].is_alive():
                     processes[name].join()
+                    if name not in loaded:  # killed (out of memory, a signal) before it could report anything
+                        why = f"exited (exit code {processes[name].exitcode}) while loading the pipeline"
+                        load_errors.append(f"{name}: {why}")
+                        log(f"{name}: {why}")
                     if busy[name] is not None:
                         key = busy[name].key
                         problems[key] = f"{name} died (exit code {processes[name].exitcode}) while generating it"
@@ -184,6 +190,6 @@ def run_workers(items: list[PuzzleItem], specs: list[WorkerSpec], job: Generatio
         for process in processes.values():
             if process.is_alive():
                 process.kill()
-    why = "; ".join(load_errors) or "all workers exited"
+    why = "; ".join(sorted(load_errors)) or "all workers exited"
     problems.update({item.key: f"not started ({why})" for item in pending})
     return problems
