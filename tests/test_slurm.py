@@ -23,6 +23,7 @@ import pytest
 
 from conftest import SIZE
 from wan_sft import launch, slurm
+from wan_sft.clip_record import record_path
 from wan_sft.config import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,7 +241,9 @@ def test_dry_run_15_nodes_x_8_gpus(tmp_path, demo):
     """(3) 120 processes, machine ranks 0 and 14, one head address; nothing submitted or written."""
     bin_dir, record = fake_sbatch(tmp_path)
     env = clean_env(MODEL_BASE_PATH=str(demo["model"]), PATH=f"{bin_dir}:{os.environ['PATH']}")
-    result = multi(["--dataset", str(demo["csv"]), "--num_nodes", "15", "--gpus_per_node", "8", "--lora_rank", "32",
+    csv = tmp_path / "train.csv"  # a copy without a clip-check record: a check that wrote one would leave it
+    csv.write_text(demo["csv"].read_text())
+    result = multi(["--dataset", str(csv), "--num_nodes", "15", "--gpus_per_node", "8", "--lora_rank", "32",
                     *SIZE, "--dry_run"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -256,6 +259,7 @@ def test_dry_run_15_nodes_x_8_gpus(tmp_path, demo):
     assert {value(c, "--expected_world_size") for c in launches} == {"120"}
     assert "120 processes" in out
     assert not sbatch_calls(record) and not (tmp_path / "output").exists()
+    assert "clip check: 8 of 8 clips decoded" in out and not record_path(csv).exists()
 
 
 def test_submit_passes_sbatch_args_and_prints_job_and_log(tmp_path, demo):

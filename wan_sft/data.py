@@ -195,15 +195,17 @@ def check_samples(samples: list[Sample], num_frames: int | None, height: int, wi
 
 def validate_training_csv(path: str | os.PathLike, num_frames: int, height: int, width: int,
                           max_warnings_shown: int = 10, recheck: bool = False,
-                          fit: str = DEFAULT_FIT) -> list[Sample]:
+                          fit: str = DEFAULT_FIT, save_record: bool = True) -> list[Sample]:
     """Everything training needs from the CSV, checked before any model is loaded (decoding only the clips that
-    changed since the last check, unless recheck)."""
+    changed since the last check, unless recheck). The clip-check record is updated unless not `save_record` (a
+    dry run writes nothing)."""
     check_video_shape(num_frames, height, width)
     samples = read_training_csv(path)
     record = ClipRecord(record_path(path), recheck)
     fatal, warnings = check_samples(samples, num_frames, height, width, fit=fit, record=record)
     videos = {sample.video for sample in samples}
-    record.save(keep=videos)
+    if save_record:
+        record.save(keep=videos)
     print(f"clip check: {len(record.decoded)} of {len(videos)} clips decoded, {len(videos) - len(record.decoded)} "
           f"unchanged since the last check ({record.path}{'; --recheck' if recheck else ''})", flush=True)
     for warning in warnings[:max_warnings_shown]:

@@ -81,8 +81,9 @@ def training_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Every check that needs no model: runs before anything is written, queued or loaded."""
+def validate(args: argparse.Namespace, dry_run: bool = False) -> None:
+    """Every check that needs no model: runs before anything is written, queued or loaded (a dry run writes not even
+    the clip-check record)."""
     # These bring torch: imported here, so that --help starts without it.
     from .data import validate_training_csv
     from .lora import read_lora_file
@@ -98,7 +99,7 @@ def validate(args: argparse.Namespace) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output_dir {output_dir} exists and is not a directory")
     samples = validate_training_csv(args.dataset, args.num_frames, args.height, args.width, recheck=args.recheck,
-                                    fit=args.fit)
+                                    fit=args.fit, save_record=not dry_run)
     check_same_settings(output_dir, run_fingerprint(args, len(samples)))
     if args.val_dataset_root:
         from .validation import check_validation_split

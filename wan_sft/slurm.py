@@ -227,7 +227,7 @@ def multi_node(argv: list[str]) -> int:
                              f"(sbatch --nodes={args.num_nodes} ... or drop --num_nodes)")
     check_multi_numbers(args)
     user_sbatch_args(args)
-    launch.validate(args)
+    launch.validate(args, dry_run=args.dry_run)
     if args.dry_run:
         return dry_run(args)
     if in_allocation:
