@@ -542,3 +542,38 @@ def test_cluster_job_that_lost_a_node_continues_on_one_node(cluster, tmp_path, d
     assert [r["step"] for r in records] == list(range(1, 3 + 2 + 8 + 1))
     for epoch in (0, 1):
         assert Counter(i for r in records if r["epoch"] == epoch for i in r["samples"]) == Counter(range(8))
+
+
+@pytest.mark.parametrize("saves_a_state, requeued", [(True, True), (False, False)])
+def test_a_hung_or_timed_out_run_is_requeued_only_if_it_saved_a_new_state(tmp_path, monkeypatch, saves_a_state,
+                                                                        requeued):
+    """The batch script requeues after the step watchdog (exit 124) only when the run got further than the newest
+    state it started from; a run that hangs before saving anything would otherwise requeue forever."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    old_state = out / "states" / "step-00000004"
+    old_state.mkdir(parents=True)
+    (old_state / "COMPLETE").write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    new_state = out / "states" / "step-00000006"
+    save = f"mkdir -p '{new_state}' && echo '{{}}' > '{new_state}/COMPLETE'\n" if saves_a_state else ""
+    (bin_dir / "srun").write_text(f"#!/bin/bash\n{save}exit {slurm.WATCHDOG_EXIT}\n")
+    (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" >> '{tmp_path}/scontrol.log'\necho node1\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    args = parse(["--dataset", "d.csv", "--model_base_path", "m", "--num_nodes", "1", "--cpu",
+                  "--output_dir", str(out)])
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
+    result = subprocess.run(["bash", "-c", slurm.batch_body(args)], env=env, capture_output=True, text=True,
+                            timeout=60)
+    calls = (tmp_path / "scontrol.log").read_text()
+    if requeued:
+        assert result.returncode == 0 and "requeue 77" in calls, result.stdout + result.stderr
+        assert "requeueing job 77" in result.stdout
+    else:
+        assert result.returncode == 1 and "requeue" not in calls
+        assert ("error: a rank hung (step watchdog, see its message above) (srun exit 124), and this run saved no "
+                "new state: not requeueing a job that makes no progress") in result.stderr
+        assert str(out / "states") in result.stderr

@@ -17,6 +17,8 @@ limit; its trap ignores repeats, sends SIGUSR1 to srun, which forwards it to the
 (launch.run_accelerate) forwards it to its training processes. train.py finishes the current step, saves a complete
 state on all ranks and exits; the batch shell then runs `scontrol requeue $SLURM_JOB_ID`, and the rerun resumes from
 that state (train.py's auto-resume). A hung rank (train.py's step watchdog, exit WATCHDOG_EXIT) also requeues the job.
+Either requeue happens only if the run saved a newer complete state than the one it started from: a job that hangs
+or runs out of time before its first save fails with a message instead of requeueing forever.
 """
 from __future__ import annotations
 
