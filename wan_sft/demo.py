@@ -66,46 +66,42 @@ def refuse_flags_the_demo_sets(parser: argparse.ArgumentParser, argv: list[str] 
                          f"{'it' if len(flags) == 1 else 'them'} out, or run without --demo")
 
 
-def demo_training_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Point the training flags at the demo data (--num_gpus stays the user's, default 2)."""
+def demo_training_values(parser: argparse.ArgumentParser, argv: list[str], num_gpus: int | None) -> dict:
+    """The training flags of the demo: its data, model and size (--num_gpus stays the user's, default 2)."""
     paths = demo_paths()
     demo = dict(dataset=str(paths["csv"]), output_dir=str(paths["output"]), model_base_path=str(paths["model"]),
                 lora_rank=4, num_epochs=2, save_steps=2, **SIZE)
     refuse_flags_the_demo_sets(parser, argv, demo)
     prepare_demo()
-    for name, value in dict(demo, num_gpus=args.num_gpus or 2).items():
-        setattr(args, name, value)
+    return dict(demo, num_gpus=num_gpus or 2)
 
 
 GENERATION_FLAGS = ("model_base_path", "lora_path", "num_inference_steps", *SIZE)  # what every --demo sets
 
 
-def _demo_generation_args(args: argparse.Namespace) -> dict[str, Path]:
+def _demo_generation_values() -> dict:
     """The generation flags for the demo: the tiny model, the LoRA the demo trained, the demo's size."""
     paths = demo_paths()
     lora = paths["output"] / "final.safetensors"
     if not lora.is_file():
         raise InputError(f"{lora} not found: run `bash train_single_node.sh --demo` first (in this folder)")
-    args.model_base_path, args.lora_path = str(paths["model"]), str(lora)
-    args.num_inference_steps = DEMO_INFERENCE_STEPS
-    for name, value in SIZE.items():
-        setattr(args, name, value)
-    return paths
+    return dict(model_base_path=str(paths["model"]), lora_path=str(lora), num_inference_steps=DEMO_INFERENCE_STEPS,
+                **SIZE)
 
 
-def demo_inference_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+def demo_inference_values(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
     """inference.py --demo: the first held-out puzzle, with its own prompt."""
     refuse_flags_the_demo_sets(parser, argv, (*GENERATION_FLAGS, "input_image", "prompt", "output"))
-    paths = _demo_generation_args(args)
+    values, paths = _demo_generation_values(), demo_paths()
     key = paths["val_ids"].read_text().split()[0]
     item = next(item for item in read_puzzles(paths["puzzles"]) if item.key == key)
-    args.input_image, args.prompt = str(item.puzzle_path), item.prompt
-    args.output = str(paths["root"] / "inference" / f"{item.id}.mp4")
+    return dict(values, input_image=str(item.puzzle_path), prompt=item.prompt,
+                output=str(paths["root"] / "inference" / f"{item.id}.mp4"))
 
 
-def demo_eval_args(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+def demo_eval_values(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
     """parallel_eval.py --demo: the held-out mazes and the eyeballing puzzles, 2 CPU workers."""
     refuse_flags_the_demo_sets(parser, argv, (*GENERATION_FLAGS, "dataset_root", "ids_file", "output_dir", "workers"))
-    paths = _demo_generation_args(args)
-    args.dataset_root, args.ids_file = str(paths["datasets"]), str(paths["eval_ids"])
-    args.output_dir, args.workers = str(paths["root"] / "eval"), 2
+    paths = demo_paths()
+    return dict(_demo_generation_values(), dataset_root=str(paths["datasets"]), ids_file=str(paths["eval_ids"]),
+                output_dir=str(paths["root"] / "eval"), workers=2)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .cli import run_entry
 from .config import HelpFormatter, InputError, environment_help
-from .demo import demo_eval_args
+from .demo import demo_eval_values
 from .eval_items import (
     SETTINGS_FILE,
     ScoringOptions,
@@ -81,7 +81,7 @@ def parse_args(argv) -> argparse.Namespace:
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
-        demo_eval_args(args, parser, argv)
+        vars(args).update(demo_eval_values(parser, argv))
     elif not args.dataset_root:
         parser.error("--dataset_root is required (or --demo)")
     return args

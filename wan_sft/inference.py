@@ -31,7 +31,7 @@ from .config import (
     check_video_shape,
     environment_help,
 )
-from .demo import demo_inference_args
+from .demo import demo_inference_values
 from .fp8 import convert_block_linears
 from .fsutil import atomic_save_image
 from .geometry import DEFAULT_FIT, FITS, fit_image
@@ -194,7 +194,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_generation_args(parser)
     args = parser.parse_args(argv)
     if args.demo:
-        demo_inference_args(args, parser, argv)
+        vars(args).update(demo_inference_values(parser, argv))
     elif not (args.input_image and args.prompt):
         parser.error("--input_image and --prompt are required (or --demo)")
     return args

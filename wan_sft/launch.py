@@ -21,7 +21,7 @@ from . import config
 from .checkpoints import check_same_settings, run_fingerprint
 from .cli import run_entry
 from .config import InputError
-from .demo import demo_training_args
+from .demo import demo_training_values
 from .fsutil import atomic_write
 
 CONFIG_FILE = "accelerate_config.yaml"
@@ -132,7 +132,7 @@ def single_node(argv: list[str]) -> int:
     parser = single_node_parser()
     args = parser.parse_args(argv)
     if args.demo:
-        demo_training_args(args, parser, argv)
+        vars(args).update(demo_training_values(parser, argv, args.num_gpus))
     gpus = visible_gpus()
     num_processes = args.num_gpus or max(gpus, 1)
     if num_processes < 1:
