@@ -122,12 +122,10 @@ def main(argv=None) -> int:
     cache_dir = None if args.no_cache else args.cache_dir or run_folder.default_cache_dir(output_dir)
     model, dataset, encoders = load_model(accelerator, samples, args.model_base_path, args.num_frames, args.height,
                                           args.width, args.fit, cache_dir, keep_encoders=val_items is not None)
-    validator = None
-    if val_items is not None:
-        settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
-                                      args.val_cfg_scale, fit=args.fit)
-        validator = TaskValidator(accelerator, model.pipe, *encoders, val_items, settings, output_dir,
-                                  args.val_every or args.save_steps)
+    settings = GenerationSettings(args.num_frames, args.height, args.width, args.val_num_inference_steps,
+                                  args.val_cfg_scale, fit=args.fit)  # of the validation videos
+    validator = None if val_items is None else TaskValidator(accelerator, model.pipe, *encoders, val_items, settings,
+                                                             output_dir, args.val_every or args.save_steps)
     lora_params = add_trainable_lora(model.pipe.dit, args.seed, args.lora_rank, args.lora_checkpoint, args.fp8_base)
     configure_dit_blocks(accelerator, model.pipe.dit, args.checkpoint_blocks, not args.no_compile, args.num_frames,
                          args.height, args.width)
@@ -143,38 +141,24 @@ def main(argv=None) -> int:
         validator.restore_history(progress.global_step)  # validations after the resumed step will be redone
 
     stop = _StopFlag()
-    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, run_folder.states_dir(output_dir))
+    states = run_folder.states_dir(output_dir)
+    watchdog = StepWatchdog(args.collective_timeout, rank, progress.global_step, states)
     bar = _progress_bar(accelerator, progress.global_step, total_steps)
     while progress.global_step < total_steps and progress.epoch < args.num_epochs:
-        epoch_generator = torch.Generator().manual_seed(args.seed + progress.epoch)
-        order = torch.randperm(len(samples), generator=epoch_generator).tolist()
-        step_starts = range(progress.sample_in_epoch, len(samples), batch)
-        # This rank's positions; those past the end (last step of an epoch) are computed with zero weight.
-        positions = [start + m * world + rank for start in step_starts for m in range(accumulation)]
-        prefetched = _prefetched(dataset, [order[p % len(samples)] for p in positions])
-        for start in step_starts:
+        order, steps, prefetched = epoch_plan(dataset, args.seed, progress, batch, world, rank, accumulation)
+        for start, positions in steps:
             started = time.perf_counter()
             step_samples, broken = _next_samples(prefetched, accumulation)
             if _any_rank(accelerator, broken is not None):  # every rank stops before any collective of the step
-                bar.close()
-                if progress.global_step > saver.saved_step:
-                    saver.save_state(progress)
-                if broken:
-                    _report_broken_entry(broken, progress.global_step, output_dir)
-                accelerator.end_training()
-                return 1
-            step_positions, positions = positions[:accumulation], positions[accumulation:]
-            mean_loss = optimizer_step(accelerator, model, optimizer, scheduler, step_samples, step_positions,
+                return _end_at_broken_entry(accelerator, bar, saver, progress, broken)
+            mean_loss = optimizer_step(accelerator, model, optimizer, scheduler, step_samples, positions,
                                        len(samples), args.seed, progress.epoch)
             progress.global_step += 1
             progress.sample_in_epoch = min(start + batch, len(samples))
             if diverged := _divergence(mean_loss, lora_params):
-                bar.close()
-                accelerator.print(f"error: training diverged at step {progress.global_step} ({diverged}); nothing of "
-                                  f"this step was saved. Rerun with a lower --learning_rate: it resumes from the "
-                                  f"newest state in {run_folder.states_dir(output_dir)}", file=sys.stderr)
-                accelerator.end_training()
-                return 1
+                return _end_early(accelerator, bar, 1, f"error: training diverged at step {progress.global_step} "
+                                  f"({diverged}); nothing of this step was saved. Rerun with a lower --learning_rate: "
+                                  f"it resumes from the newest state in {states}", file=sys.stderr)
             if accelerator.is_main_process:
                 _log_step(accelerator, bar, output_dir, progress, mean_loss, scheduler.get_last_lr()[0], started,
                           rows=order[start:progress.sample_in_epoch])
@@ -193,11 +177,8 @@ def main(argv=None) -> int:
             watchdog.step_finished(progress.global_step)
             if stopping:
                 watchdog.stop()
-                bar.close()
-                accelerator.print(f"stopped by signal after step {progress.global_step}; state saved in "
-                                  f"{run_folder.states_dir(output_dir)}; rerun the same command to resume")
-                accelerator.end_training()
-                return 128 + stop.signum
+                return _end_early(accelerator, bar, 128 + stop.signum, f"stopped by signal after step "
+                                  f"{progress.global_step}; state saved in {states}; rerun the same command to resume")
             if progress.global_step >= total_steps:
                 break
 
@@ -331,7 +312,21 @@ def open_run_folder(accelerator, output_dir: Path, settings: dict, progress: che
               f"sample {progress.sample_in_epoch} of {num_samples})", flush=True)
 
 
-# ---------------------------------------------------------------- one step
+# ---------------------------------------------------------------- one epoch, one step
+
+
+def epoch_plan(dataset, seed: int, progress: checkpoints.Progress, batch: int, world: int, rank: int,
+               accumulation: int):
+    """The current epoch's sample order (a seeded permutation), its optimizer steps from the progress on, and this
+    rank's samples of them, decoded ahead.
+
+    A step is (its first position in the order, this rank's positions: micro-step m takes start + m * world + rank).
+    Positions past the end (last step of an epoch) wrap around and are computed with zero weight."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + progress.epoch)).tolist()
+    steps = [(start, [start + m * world + rank for m in range(accumulation)])
+             for start in range(progress.sample_in_epoch, len(dataset), batch)]
+    prefetched = _prefetched(dataset, [order[p % len(dataset)] for _, positions in steps for p in positions])
+    return order, steps, prefetched
 
 
 def _next_samples(prefetched, count: int):
@@ -344,10 +339,30 @@ def _next_samples(prefetched, count: int):
         return [], error
 
 
-def _report_broken_entry(error: cache.CacheEntryError, step: int, output_dir: Path) -> None:
-    saved = f"state saved at step {step} in {run_folder.states_dir(output_dir)}" if step else "no step was done yet"
-    print(f"error: {error}; it changed after training started (another job writing the same --cache_dir?); removed "
-          f"it; {saved}; rerun the same command: it encodes the entry again and resumes", file=sys.stderr, flush=True)
+def _end_at_broken_entry(accelerator, bar, saver: checkpoints.Saver, progress: checkpoints.Progress,
+                         error: cache.CacheEntryError | None) -> int:
+    """Every rank, when any rank found a broken cache entry: the progress saved (if it is not yet), and the ranks
+    that found one say which."""
+    bar.close()
+    if progress.global_step > saver.saved_step:
+        saver.save_state(progress)
+    if error:
+        step, states = progress.global_step, run_folder.states_dir(saver.output_dir)
+        saved = f"state saved at step {step} in {states}" if step else "no step was done yet"
+        print(f"error: {error}; it changed after training started (another job writing the same --cache_dir?); "
+              f"removed it; {saved}; rerun the same command: it encodes the entry again and resumes",
+              file=sys.stderr, flush=True)
+    accelerator.end_training()
+    return 1
+
+
+def _end_early(accelerator, bar, code: int, message: str, file=None) -> int:
+    """A diverged step or a stop signal: the bar closed, the message (main process; file None: stdout), the
+    trackers ended."""
+    bar.close()
+    accelerator.print(message, file=file)
+    accelerator.end_training()
+    return code
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, step_samples: list, positions: list[int],
