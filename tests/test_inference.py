@@ -127,6 +127,26 @@ def test_generation_decodes_untiled_unless_asked_for_tiles(tiny_model, puzzle, m
     assert len(untiled) == len(tiled) == FRAMES and untiled[-1].size == tiled[-1].size == (W, H)
 
 
+@pytest.mark.parametrize("cfg_scale, batches", [(5.0, [2, 2]), (1.0, [1, 1])])
+def test_cfg_branches_run_as_one_batch_with_the_frames_of_one_at_a_time(tiny_model, puzzle, cfg_scale, batches):
+    """With cfg the conditional and unconditional forwards of a step are one batch of two (faster on a GPU), giving
+    the frames DiffSynth gives one branch at a time; cfg 1 runs one branch."""
+    pipe, _ = load_generator(tiny_model, None, "cpu")
+    settings = GenerationSettings(FRAMES, H, W, 2, cfg_scale)
+    seen = []
+    hook = pipe.dit.patch_embedding.register_forward_hook(lambda module, inputs, output: seen.append(len(output)))
+    batched = np.stack([np.asarray(f, dtype=np.int16) for f in generate(pipe, read_image(puzzle), MAZE_PROMPT,
+                                                                       settings)])
+    hook.remove()
+    assert seen == batches  # one DiT forward per step
+    image = read_image(puzzle).resize((W, H), Image.NEAREST)
+    one_at_a_time = pipe(prompt=MAZE_PROMPT, negative_prompt=settings.negative_prompt, input_image=image, height=H,
+                         width=W, num_frames=FRAMES, num_inference_steps=2, cfg_scale=cfg_scale, seed=settings.seed,
+                         cfg_merge=False, tiled=False, progress_bar_cmd=lambda iterable: iterable)
+    reference = np.stack([np.asarray(f, dtype=np.int16) for f in one_at_a_time])
+    assert np.abs(batched - reference).max() <= 1  # fp32 sums in another order: at most one level in a pixel
+
+
 def test_fp8_generation_fuses_the_lora_first_and_stays_close_to_full_precision(tiny_model, puzzle, lora_file, tmp_path,
                                                                                 capsys):
     """--fp8: the LoRA is fused into the full-precision weights, then the block linears go to FP8 (wan_sft/fp8.py)."""

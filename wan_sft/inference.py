@@ -163,15 +163,15 @@ def generate(pipe, image: Image.Image, prompt: str, settings: GenerationSettings
 
     The VAE decodes the whole video at once unless `tiled_decode` (DiffSynth's default, in overlapping tiles):
     less memory, for generating beside training; untiled is 1.4 s faster per 896x480x81 video on an H100 and
-    within 47.6 dB PSNR of tiled (bench/RESULTS.md). Both cfg branches of a step run as one batch of two
-    (DiffSynth's cfg_merge): 1.6% faster, no more peak memory, the same frames (bench/RESULTS.md).
+    within 47.6 dB PSNR of tiled (bench/RESULTS.md). With cfg, both branches of a step run as one batch of two
+    (DiffSynth's cfg_merge): 1.6% faster, no more peak memory, the same frames (bench/RESULTS.md); cfg 1 has one.
     """
     image = model_input_image(image, settings)
     kwargs = {} if show_progress else {"progress_bar_cmd": lambda iterable: iterable}
     return pipe(prompt=prompt, negative_prompt=settings.negative_prompt, input_image=image,
                 height=settings.height, width=settings.width, num_frames=settings.num_frames,
                 num_inference_steps=settings.num_inference_steps, cfg_scale=settings.cfg_scale, seed=settings.seed,
-                cfg_merge=True, tiled=tiled_decode, **kwargs)
+                cfg_merge=settings.cfg_scale != 1, tiled=tiled_decode, **kwargs)
 
 
 def last_frame_path(video_path: str | os.PathLike) -> Path:
