@@ -250,17 +250,18 @@ def make_midpoint(rng: random.Random, width: int, height: int, num_frames: int):
         _draw_mark(draw, (mx, my), correct, radius, font, mark_progress)
         return image
 
+    return _eyeballing_puzzle(render, num_frames, width, height, margin, candidates, correct, radius, line_width,
+                              midpoint=[round(mx, 2), round(my, 2)],
+                              segment={"start": [round(v, 2) for v in ends[0]], "end": [round(v, 2) for v in ends[1]]})
+
+
+def _eyeballing_puzzle(render, num_frames: int, width: int, height: int, margin: int, candidates, correct: str,
+                       radius: int, line_width: int, **task_fields):
+    """(record fields, puzzle image, solution image, frames) of an eyeballing task: the red lines grow over the first
+    half of the reveal, the answer's mark over the second; the fields every eyeballing record has, then its own."""
     frames = [render(min(1.0, 2 * p), max(0.0, 2 * p - 1)) for p in _reveal_progress(num_frames)]
-    fields = {
-        "canvas_dimensions": [width, height],
-        "margin": margin,
-        "candidates": candidates,
-        "correct_option": correct,
-        "point_radius": radius,
-        "line_width": line_width,
-        "midpoint": [round(mx, 2), round(my, 2)],
-        "segment": {"start": [round(v, 2) for v in ends[0]], "end": [round(v, 2) for v in ends[1]]},
-    }
+    fields = {"canvas_dimensions": [width, height], "margin": margin, "candidates": candidates,
+              "correct_option": correct, "point_radius": radius, "line_width": line_width, **task_fields}
     return fields, frames[0], frames[-1], frames
 
 
@@ -293,17 +294,8 @@ def make_circle_center(rng: random.Random, width: int, height: int, num_frames: 
         _draw_mark(draw, (cx, cy), correct, radius, font, mark_progress)
         return image
 
-    frames = [render(min(1.0, 2 * p), max(0.0, 2 * p - 1)) for p in _reveal_progress(num_frames)]
-    fields = {
-        "canvas_dimensions": [width, height],
-        "margin": margin,
-        "candidates": candidates,
-        "correct_option": correct,
-        "point_radius": radius,
-        "line_width": line_width,
-        "circle": {"center": [round(cx, 2), round(cy, 2)], "radius": round(circle_r, 2)},
-    }
-    return fields, frames[0], frames[-1], frames
+    return _eyeballing_puzzle(render, num_frames, width, height, margin, candidates, correct, radius, line_width,
+                              circle={"center": [round(cx, 2), round(cy, 2)], "radius": round(circle_r, 2)})
 
 
 # --- writing: layout A (VLMPuzzle) and B (VideoThinkBench), ../shared/VIDEOTHINKBENCH.md §1 ---------------------
