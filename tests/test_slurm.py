@@ -137,14 +137,17 @@ def test_sbatch_script(tmp_path, monkeypatch, cpu):
 
 @pytest.mark.parametrize("srun_exit, requeued, code", [(124, True, 0), (1, False, 1)])
 def test_batch_script_requeues_a_job_whose_rank_hung(tmp_path, monkeypatch, srun_exit, requeued, code):
-    """train.py's step watchdog exits 124 (WATCHDOG_EXIT): the job requeues and resumes; other failures do not."""
+    """train.py's step watchdog exits 124 (WATCHDOG_EXIT): the job requeues and resumes (it saved a state: progress);
+    other failures do not."""
     from wan_sft.watchdog import WATCHDOG_EXIT
 
     assert WATCHDOG_EXIT == 124
     monkeypatch.chdir(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text(f"#!/bin/bash\nexit {srun_exit}\n")
+    state = tmp_path / "output" / "wan_lora_multi" / "states" / "step-00000002"  # the run made progress
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nmkdir -p '{state}' && echo '{{}}' > '{state}/COMPLETE'\n"
+                                  f"exit {srun_exit}\n")
     (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/scontrol.log\n'
                                       f'[ "$1" = show ] && echo node1\nexit 0\n')
     for tool in ("srun", "scontrol"):
