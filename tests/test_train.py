@@ -203,7 +203,8 @@ def test_a_hung_rank_ends_the_run_naming_the_step_and_a_rerun_resumes_bitwise(un
                        r"collective or device\)\. Stacks of this process follow; rerun the same command to resume "
                        r"from the newest complete state in (\S+)\n", output)
     assert len(found) == 1 and found[0][2] == str(out / "states"), output[-3000:]
-    assert int(found[0][1]) > 2 and "(most recent call first)" in output and "in main" in output  # the stacks
+    # the stop lands in the last barrier of step 2's save (so "stuck in step 2") or in a later step
+    assert int(found[0][1]) >= 2 and "(most recent call first)" in output and "in main" in output  # the stacks
     command[command.index("--port") + 1] = free_port()
     rerun = run_script(command, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
