@@ -28,6 +28,8 @@ def test_training_writes_exports_states_logs_and_config(uninterrupted, demo_data
     out = workdir / "out"
     # 8 training rows over 2 ranks: 4 steps per epoch, 3 epochs.
     assert [r["step"] for r in losses(out)] == list(range(1, 13))
+    rows = losses(out)  # each line's wall-clock time: the gap to the previous one holds this step and the saves between
+    assert all(b["time"] - a["time"] >= b["step_seconds"] for a, b in zip(rows, rows[1:], strict=False))
     assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(
         [f"step-{s}.safetensors" for s in range(2, 13, 2)] + [f"epoch-{e}.safetensors" for e in range(3)]
         + ["final.safetensors"])
