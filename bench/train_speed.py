@@ -214,7 +214,7 @@ def main() -> int:
     if args.fp8 and args.loss_steps:
         loss_curve("bf16")
     if args.fp8:
-        print("FP8 base linears:", convert_block_linears(pipe.dit, training=True), flush=True)
+        print("FP8 base linears:", convert_block_linears(pipe.dit), flush=True)
         for setting, compiled in settings:
             if compiled or device.type != "cuda":
                 ours(setting, compiled, "fp8")

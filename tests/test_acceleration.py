@@ -1,9 +1,11 @@
 """Selective checkpointing: same numbers as DiffSynth's all-or-nothing, same parameter names (LoRA keys); how many
-blocks to checkpoint; the FLOP counts of the benches."""
+blocks to checkpoint; compiled blocks with real-valued RoPE; the FLOP counts of the benches."""
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
+from diffsynth.models.wan_video_dit import SelfAttention
 
 from wan_sft.acceleration import (
     auto_checkpoint_blocks,
@@ -11,6 +13,7 @@ from wan_sft.acceleration import (
     configure_blocks,
     dit_forward_flops,
     dit_training_flops,
+    rope,
     video_tokens,
 )
 from wan_sft.lora import add_lora
@@ -53,6 +56,62 @@ def test_checkpointing_any_number_of_blocks_gives_the_same_gradients(tiny_model)
     configure_blocks(pipe.dit, 1, compile_blocks=False)  # reconfiguring starts from the plain forward
     assert [getattr(b.forward, "func", None) is checkpoint for b in pipe.dit.blocks] == [True, False]
     assert auto_checkpoint_blocks(pipe.dit, 9, 160, 96, torch.device("cpu"), compiled=False) == 2  # CPU: all
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_real_rope_equals_diffsynths_complex_rope_bit_for_bit(dtype):
+    from diffsynth.models.wan_video_dit import precompute_freqs_cis_3d, rope_apply
+
+    torch.manual_seed(0)
+    f, h, w, heads, head_dim = 3, 4, 5, 2, 128  # the 5B's head_dim, DiffSynth's 3-D frequencies
+    frame, height, width = precompute_freqs_cis_3d(head_dim)
+    freqs = torch.cat([frame[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                       height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                       width[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    x = (torch.randn(2, f * h * w, heads * head_dim) * 3).to(dtype)
+    expected = rope_apply(x, freqs, heads)
+    assert torch.equal(rope(x, torch.view_as_real(freqs), heads), expected)
+    swapped = torch.view_as_real(freqs).flip(-1)  # cos and sin exchanged: a detail the comparison must catch
+    assert not torch.equal(rope(x, swapped, heads), expected)
+
+
+def test_compiled_blocks_generate_no_complex_code_and_match_diffsynths_blocks(tiny_model):
+    """Inductor falls back to eager kernels for complex numbers (DiffSynth's RoPE); compiled blocks avoid them."""
+    pipe = load_pipeline(tiny_model, "cpu", torch.float32, with_text_encoder=False, with_vae=False)
+    torch.manual_seed(0)
+    lora = add_lora(pipe.dit, 4)
+    for p in lora:
+        p.data.normal_(0, 0.1)
+    f, h, w = 2, 3, 4
+    dit = pipe.dit
+    freqs = torch.cat([dit.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                       dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                       dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    x = torch.randn(1, f * h * w, dit.dim, requires_grad=True)  # as every block but the first gets it
+    context, t_mod = torch.randn(1, 8, dit.dim), torch.randn(1, f * h * w, 6, dit.dim)  # per-token, as the TI2V
+
+    def run(compiled):
+        configure_blocks(dit, 1, compile_blocks=compiled)
+        dit.zero_grad()
+        out = x
+        for block in dit.blocks:
+            out = block(out, context, t_mod, freqs)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in lora]
+
+    expected, expected_grads = run(compiled=False)
+    from torch._inductor.lowering import _warn_complex_not_supported
+
+    _warn_complex_not_supported.cache_clear()  # it warns once per process
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught, torch._dynamo.config.patch(error_on_recompile=True):
+        warnings.simplefilter("always")
+        out, grads = run(compiled=True)  # and the second block reuses the first one's graphs
+    assert not [w for w in caught if "complex" in str(w.message)]
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-6) for a, b in zip(grads, expected_grads, strict=True))
+    configure_blocks(dit, 0, compile_blocks=False)  # back to DiffSynth's own attention
+    assert type(dit.blocks[0].self_attn) is SelfAttention
 
 
 # 5B at the defaults: 8820 tokens, dim 3072, 30 blocks, 10 GiB of weights -> 15 GiB for weights, LoRA and Adam.

@@ -22,7 +22,7 @@ def test_fp8_linear_equals_the_dequantised_product_and_stays_near_the_float_line
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96)
     x = torch.randn(5, 7, 64)
-    layer = fp8.Fp8Linear(linear, training=False)
+    layer = fp8.Fp8Linear(linear)
     x_fp8, x_scale = fp8.quantize_rows(x.reshape(-1, 64))
     w_fp8, w_scale = fp8.quantize_rows(linear.weight.detach())
     expected = (x_fp8.float() * x_scale) @ (w_fp8.float() * w_scale).t() + linear.bias
@@ -35,9 +35,9 @@ def test_fp8_linear_equals_the_dequantised_product_and_stays_near_the_float_line
 
 def test_the_fp8_bits_and_scales_survive_a_cast_of_the_module_to_bf16():
     """DeepSpeed and DiffSynth cast whole modules; integer storage keeps the FP8 copy exact."""
-    layer = fp8.Fp8Linear(torch.nn.Linear(32, 16), training=True)
+    layer = fp8.Fp8Linear(torch.nn.Linear(32, 16))
     before = {name: t.clone() for name, t in layer.named_buffers()}
-    assert sorted(before) == ["scale_bits", "scale_t_bits", "weight_bits", "weight_t_bits"]
+    assert sorted(before) == ["scale_bits", "weight_bits"]  # one FP8 copy serves the forward and the backward
     layer.to(torch.bfloat16)
     for name, tensor in layer.named_buffers():
         assert torch.equal(tensor, before[name]), name
@@ -45,21 +45,25 @@ def test_the_fp8_bits_and_scales_survive_a_cast_of_the_module_to_bf16():
 
 def test_a_saved_state_never_holds_the_fp8_copies():
     """They are derived from the base weights on disk; saving them made every training state ~9 GB larger."""
-    layer = fp8.Fp8Linear(torch.nn.Linear(32, 16), training=True)
+    layer = fp8.Fp8Linear(torch.nn.Linear(32, 16))
     assert list(layer.state_dict()) == ["bias"]
 
 
-def test_input_gradient_runs_through_the_column_scaled_copy():
+def test_input_gradient_folds_the_weights_row_scales_into_the_gradient_before_quantising_it():
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 80)
-    layer = fp8.Fp8Linear(linear, training=True)
+    layer = fp8.Fp8Linear(linear)
     x = torch.randn(6, 48, requires_grad=True)
     grad_out = torch.randn(6, 80)
     layer(x).backward(grad_out)
-    g_fp8, g_scale = fp8.quantize_rows(grad_out)
-    wt_fp8, wt_scale = fp8.quantize_rows(linear.weight.detach().t())
-    expected = (g_fp8.float() * g_scale) @ (wt_fp8.float() * wt_scale).t()
+    w_fp8, w_scale = fp8.quantize_rows(linear.weight.detach())
+    g_fp8, g_scale = fp8.quantize_rows(grad_out * w_scale.t())
+    expected = (g_fp8.float() * g_scale) @ w_fp8.float()
     assert torch.allclose(x.grad, expected, atol=1e-5)
+    # Quantising grad_out itself (scales folded after) gives other values: the fold is what runs.
+    unfolded_fp8, unfolded_scale = fp8.quantize_rows(grad_out)
+    unfolded = (unfolded_fp8.float() * unfolded_scale) @ (w_fp8.float() * w_scale)
+    assert not torch.allclose(x.grad, unfolded, atol=1e-5)
     assert (x.grad - grad_out @ linear.weight).norm() / (grad_out @ linear.weight).norm() < 0.06
 
 
@@ -69,7 +73,7 @@ def test_block_linears_under_the_lora_are_replaced_and_training_moves_only_the_l
     torch.manual_seed(0)
     lora = add_lora(dit, 4)
     frozen_before = {name: t.clone() for name, t in dit.state_dict().items() if "lora_" not in name}
-    assert fp8.convert_block_linears(dit, training=True) == len(dit.blocks) * len(fp8.BLOCK_LINEARS)
+    assert fp8.convert_block_linears(dit) == len(dit.blocks) * len(fp8.BLOCK_LINEARS)
     q = dit.blocks[0].self_attn.q
     assert isinstance(q.base_layer, fp8.Fp8Linear) and not hasattr(q.base_layer, "weight")
     assert isinstance(dit.blocks[0].ffn[2].base_layer, fp8.Fp8Linear)

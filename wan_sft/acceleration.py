@@ -6,13 +6,16 @@ a compiled, uncheckpointed 5B block keeps ~1.64 GiB of activations (~195 KiB per
 weights, LoRA, Adam and the checkpointed blocks take ~1.5x the DiT's weight bytes.
 
 Attention is left to PyTorch's SDPA: on Hopper it already runs cuDNN's fused kernels (bench/profiling.py shows
-which), so forcing a backend gains nothing there.
+which), so forcing a backend gains nothing there. Compiled blocks apply RoPE in real fp64 arithmetic instead of
+DiffSynth's complex128 product: Inductor cannot generate code for complex numbers and runs that part as separate
+eager kernels; the real form computes the same fp64 products and fuses into the neighbouring kernels.
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+from diffsynth.models.wan_video_dit import SelfAttention
 
 ACTIVATION_BYTES_PER_TOKEN = 200 * 1024  # per compiled, uncheckpointed 5B block (dim 3072)
 EAGER_ACTIVATION_FACTOR = 1.6
@@ -82,15 +85,44 @@ def auto_checkpoint_blocks(dit, num_frames: int, height: int, width: int, device
                                 torch.cuda.get_device_properties(device).total_memory, compiled)
 
 
+def rope(x: torch.Tensor, freqs: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """DiffSynth's `rope_apply` in real arithmetic: x [b, s, heads*d], freqs = view_as_real of its complex
+    frequencies [s, 1, d/2, 2]; (a + bi)(c + di) in fp64 as there, then back to x's dtype."""
+    pairs = x.to(torch.float64).reshape(*x.shape[:2], num_heads, -1, 2)
+    real, imag = pairs.unbind(-1)
+    cos, sin = freqs.unbind(-1)
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(2).to(x.dtype)
+
+
+class RealRopeSelfAttention(SelfAttention):
+    """DiffSynth's SelfAttention with `rope` (freqs as real pairs). Compiled blocks get this class in place of
+    DiffSynth's (same parameters, same names); a class rather than a per-block forward, since Dynamo guards on a
+    forward held by the instance and would recompile for every block."""
+
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+        q = rope(self.norm_q(self.q(x)), freqs, self.num_heads)
+        k = rope(self.norm_k(self.k(x)), freqs, self.num_heads)
+        return self.o(self.attn(q, k, self.v(x)))
+
+
+def _with_real_freqs(forward):
+    """A block forward that gets the RoPE frequencies as real pairs, so no complex tensor enters the compiled graph."""
+    def block_forward(x, context, t_mod, freqs):
+        return forward(x, context, t_mod, torch.view_as_real(freqs))
+    return block_forward
+
+
 def configure_blocks(dit, checkpointed_blocks: int, compile_blocks: bool) -> None:
-    """Checkpoint the first `checkpointed_blocks` blocks, optionally compile each block.
+    """Checkpoint the first `checkpointed_blocks` blocks, optionally compile each block (with real-valued RoPE).
 
     Overrides each block's forward in place so parameter names (and so LoRA keys) stay unchanged.
     """
     for index, block in enumerate(dit.blocks):
         forward = type(block).forward.__get__(block)  # from scratch, so calling this again reconfigures
+        block.self_attn.__class__ = RealRopeSelfAttention if compile_blocks else SelfAttention
         if compile_blocks:
-            forward = torch.compile(forward)
+            forward = _with_real_freqs(torch.compile(forward))
         if index < checkpointed_blocks:
             forward = functools.partial(torch.utils.checkpoint.checkpoint, forward, use_reentrant=False)
         block.forward = forward

@@ -254,7 +254,7 @@ def add_trainable_lora(dit, seed: int, rank: int, warm_start_from: str | None, f
     if warm_start_from:
         warm_start(dit, warm_start_from)
     if fp8_base:
-        convert_block_linears(dit, training=True)
+        convert_block_linears(dit)
     return lora_params
 
 

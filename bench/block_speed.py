@@ -1,0 +1,121 @@
+"""One 5B DiT block's training step (forward + backward, LoRA r32, 8820 tokens), compiled, on one GPU: DiffSynth's
+complex RoPE vs the real-valued RoPE of `acceleration.configure_blocks`, bf16 and FP8 base linears, all in one
+process; then where the GPU time of one step goes (kernels grouped: attention, matmuls, fused Triton, other).
+
+    python bench/block_speed.py [--steps 20] [--out block_speed.json]
+
+A block alone, random weights: the levers' effect on the DiT's 30 blocks, without loading a model (a whole step adds
+the patch embedding, the head, the loss and the optimizer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wan_sft.acceleration import configure_blocks  # noqa: E402
+from wan_sft.fp8 import convert_block_linears  # noqa: E402
+from wan_sft.lora import add_lora  # noqa: E402
+
+KERNEL_GROUPS = [  # first match wins
+    ("attention", re.compile(r"attn|fmha|flash|sdpa", re.IGNORECASE)),
+    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|sm90_|cublas", re.IGNORECASE)),
+    ("fused (Triton)", re.compile(r"^triton_")),
+]
+
+
+def kernel_groups(call) -> dict:
+    """GPU time of `call()` by kernel group (ms), and the ten largest kernels."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        call()
+        torch.cuda.synchronize()
+    per_kernel: dict[str, float] = {}
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1e3
+    groups: dict[str, float] = {}
+    for name, ms in per_kernel.items():
+        group = next((g for g, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
+        groups[group] = groups.get(group, 0.0) + ms
+    top = sorted(per_kernel.items(), key=lambda item: -item[1])[:10]
+    return dict(groups_ms={g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda i: -i[1])},
+                total_ms=round(sum(per_kernel.values()), 2), top_kernels=[(n[:100], round(ms, 2)) for n, ms in top])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    from diffsynth.models.wan_video_dit import DiTBlock, precompute_freqs_cis_3d
+
+    device = torch.device("cuda")
+    f, h, w, dim, heads = 21, 28, 15, 3072, 24  # 81 x 896 x 480
+    tokens = f * h * w
+    torch.manual_seed(0)
+    frame, height, width = precompute_freqs_cis_3d(dim // heads)
+    freqs = torch.cat([frame[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                       height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                       width[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(tokens, 1, -1).to(device)
+    x = torch.randn(1, tokens, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+    context = torch.randn(1, 512, dim, device=device, dtype=torch.bfloat16)
+    t_mod = torch.randn(1, tokens, 6, dim, device=device, dtype=torch.bfloat16) * 0.1
+    results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, tokens=tokens, runs={})
+
+    for precision in ("bf16", "fp8"):
+        dit = torch.nn.Module()
+        dit.blocks = torch.nn.ModuleList([DiTBlock(False, dim, heads, 14336).to(device, torch.bfloat16)])
+        add_lora(dit, 32)
+        if precision == "fp8":
+            convert_block_linears(dit)
+        block = dit.blocks[0]
+        for rope in ("DiffSynth complex", "real"):
+            if rope == "real":
+                configure_blocks(dit, 0, compile_blocks=True)
+                forward = block
+            else:
+                configure_blocks(dit, 0, compile_blocks=False)
+                forward = torch.compile(type(block).forward.__get__(block))
+
+            def step(forward=forward, block=block):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = forward(x, context, t_mod, freqs)
+                out.float().square().mean().backward()
+                x.grad = None
+                block.zero_grad()
+
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                step()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            name = f"{precision}, {rope} RoPE"
+            results["runs"][name] = dict(ms=statistics.median(times) * 1e3,
+                                         peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                                         profile=kernel_groups(step))
+            print(name, json.dumps(results["runs"][name]), flush=True)
+        del dit, block, forward, step
+        torch.cuda.empty_cache()
+
+    print(f"\n{results['gpu']}, torch {results['torch']}, one block, {tokens} tokens, fwd+bwd")
+    for name, run in results["runs"].items():
+        print(f"{name:28s} {run['ms']:7.2f} ms  peak {run['peak_gib']:5.1f} GiB  {run['profile']['groups_ms']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
