@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from diffsynth.models.wan_video_dit import SelfAttention
 
 ACTIVATION_BYTES_PER_TOKEN = 200 * 1024  # per compiled, uncheckpointed 5B block (dim 3072)
 EAGER_ACTIVATION_FACTOR = 1.6
@@ -95,15 +94,20 @@ def rope(x: torch.Tensor, freqs: torch.Tensor, num_heads: int) -> torch.Tensor:
     return rotated.flatten(2).to(x.dtype)
 
 
-class RealRopeSelfAttention(SelfAttention):
-    """DiffSynth's SelfAttention with `rope` (freqs as real pairs). Compiled blocks get this class in place of
-    DiffSynth's (same parameters, same names); a class rather than a per-block forward, since Dynamo guards on a
-    forward held by the instance and would recompile for every block."""
+def _rope_self_attention_forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """DiffSynth's SelfAttention.forward with `rope` (freqs as real pairs)."""
+    q = rope(self.norm_q(self.q(x)), freqs, self.num_heads)
+    k = rope(self.norm_k(self.k(x)), freqs, self.num_heads)
+    return self.o(self.attn(q, k, self.v(x)))
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        q = rope(self.norm_q(self.q(x)), freqs, self.num_heads)
-        k = rope(self.norm_k(self.k(x)), freqs, self.num_heads)
-        return self.o(self.attn(q, k, self.v(x)))
+
+@functools.cache
+def real_rope_attention(diffsynth_class: type) -> type:
+    """DiffSynth's self-attention class with `rope`; compiled blocks get it in place of DiffSynth's (same parameters,
+    same names). One class for every block, not a per-block forward: Dynamo guards on a forward held by the instance
+    and would recompile for every block. Built here so importing this module does not import DiffSynth."""
+    return type("RealRopeSelfAttention", (diffsynth_class,),
+                {"forward": _rope_self_attention_forward, "diffsynth_class": diffsynth_class})
 
 
 def _with_real_freqs(forward):
@@ -120,7 +124,8 @@ def configure_blocks(dit, checkpointed_blocks: int, compile_blocks: bool) -> Non
     """
     for index, block in enumerate(dit.blocks):
         forward = type(block).forward.__get__(block)  # from scratch, so calling this again reconfigures
-        block.self_attn.__class__ = RealRopeSelfAttention if compile_blocks else SelfAttention
+        diffsynth_class = getattr(type(block.self_attn), "diffsynth_class", type(block.self_attn))
+        block.self_attn.__class__ = real_rope_attention(diffsynth_class) if compile_blocks else diffsynth_class
         if compile_blocks:
             forward = _with_real_freqs(torch.compile(forward))
         if index < checkpointed_blocks:
