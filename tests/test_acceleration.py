@@ -58,16 +58,21 @@ def test_checkpointing_any_number_of_blocks_gives_the_same_gradients(tiny_model)
     assert auto_checkpoint_blocks(pipe.dit, 9, 160, 96, torch.device("cpu"), compiled=False) == 2  # CPU: all
 
 
+def video_freqs(tables, f: int, h: int, w: int) -> torch.Tensor:
+    """The per-token RoPE frequencies as DiffSynth's model_fn builds them from its (frame, height, width) tables."""
+    frame, height, width = tables
+    return torch.cat([frame[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+                      height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+                      width[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_real_rope_equals_diffsynths_complex_rope_bit_for_bit(dtype):
     from diffsynth.models.wan_video_dit import precompute_freqs_cis_3d, rope_apply
 
     torch.manual_seed(0)
     f, h, w, heads, head_dim = 3, 4, 5, 2, 128  # the 5B's head_dim, DiffSynth's 3-D frequencies
-    frame, height, width = precompute_freqs_cis_3d(head_dim)
-    freqs = torch.cat([frame[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-                       height[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                       width[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    freqs = video_freqs(precompute_freqs_cis_3d(head_dim), f, h, w)
     x = (torch.randn(2, f * h * w, heads * head_dim) * 3).to(dtype)
     expected = rope_apply(x, freqs, heads)
     assert torch.equal(rope(x, torch.view_as_real(freqs), heads), expected)
@@ -84,9 +89,7 @@ def test_compiled_blocks_generate_no_complex_code_and_match_diffsynths_blocks(ti
         p.data.normal_(0, 0.1)
     f, h, w = 2, 3, 4
     dit = pipe.dit
-    freqs = torch.cat([dit.freqs[0][:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-                       dit.freqs[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                       dit.freqs[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+    freqs = video_freqs(dit.freqs, f, h, w)
     x = torch.randn(1, f * h * w, dit.dim, requires_grad=True)  # as every block but the first gets it
     context, t_mod = torch.randn(1, 8, dit.dim), torch.randn(1, f * h * w, 6, dit.dim)  # per-token, as the TI2V
 
