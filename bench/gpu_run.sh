@@ -10,7 +10,9 @@
 #   bash bench/gpu_run.sh infer        # bench/infer_speed.py alone: stock vs ours bf16 vs ours --fp8, one run
 #   bash bench/gpu_run.sh train_fp8 N  # bench/train_speed.py: stock, ours bf16, ours --fp8_base, N-step loss curves
 #   bash bench/gpu_run.sh train_steady N [FLAGS]  # as above, with extra training flags (e.g. --fp8_base)
-#   bash bench/gpu_run.sh block        # bench/block_speed.py: one block's step, RoPE and precision variants, kernels
+#   bash bench/gpu_run.sh block        # bench/block_speed.py: one block's step, RoPE, Inductor and precision variants,
+#                                      kernels (BLOCK_FLAGS: its flags, e.g. "--variants shipped --precisions fp8")
+#   bash bench/gpu_run.sh launcher_idle # bench/train_speed.py, ours bf16 and the launcher's step: where the GPU idles
 # Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +58,11 @@ case "${1:?stage}" in
     tail -3 "$OUT/steady_$name.log"; cp "$run/train_log.jsonl" "$OUT/steady_log_$name.jsonl"
     python3 bench/train_log_stats.py "$run/train_log.jsonl" | tee -a "$OUT/steady_$name.log"
     du -sh "$run/states"/* "$run"/epoch-0.safetensors | tee -a "$OUT/steady_$name.log";;
+  launcher_idle)
+    python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks auto --deepspeed --skip_stock \
+      --out "$OUT/launcher_idle.json" 2>&1 | grep -v Warning | tail -40;;
   block)
-    python3 bench/block_speed.py --out "$OUT/block_speed.json" 2>&1 | grep -v Warning | tail -8;;
+    python3 bench/block_speed.py --out "$OUT/block_speed.json" ${BLOCK_FLAGS:-} 2>&1 | grep -v Warning | tail -12;;
   infer)
     python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
   train_fp8)

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from profiling import attention_kernels, time_tables  # noqa: E402
+from profiling import attention_kernels, gpu_idle, time_tables  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 
 from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_training_flops, video_tokens  # noqa: E402
 from wan_sft.data import load_clip  # noqa: E402
@@ -68,7 +69,8 @@ def compare_losses(reference: list[float], other: list[float], window: int = 20)
 
 def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> dict:
     """The launcher's training step in this process: accelerate + DeepSpeed ZeRO-2 bf16 (one rank, the launcher's
-    DeepSpeed settings), the default block settings; a profile of one step is written beside --out.
+    DeepSpeed settings), the default block settings; a profile of one step, and where the GPU sat idle over three
+    (with their Chrome trace), are written beside --out.
 
     Last, because DeepSpeed casts the module to bf16 for good."""
     from accelerate import Accelerator
@@ -77,7 +79,8 @@ def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> di
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT="29517")
     dit, device = model.dit, torch.device("cuda")
-    configure_blocks(dit, auto_checkpoint_blocks(dit, *shape, device, compiled=True), compile_blocks=True)
+    checkpointed = auto_checkpoint_blocks(dit, *shape, device, compiled=True)
+    configure_blocks(dit, checkpointed, compile_blocks=True)
     optimizer, scheduler = fresh_optimizer(torch.float32)
     plugin = DeepSpeedPlugin(zero_stage=2, gradient_accumulation_steps=1, offload_optimizer_device="none",
                              offload_param_device="none", zero3_init_flag=False)
@@ -86,16 +89,24 @@ def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> di
     engine, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     def step(i):
-        loss = engine({**cached}, noise_seed=i)
-        accelerator.backward(loss)  # DeepSpeed: backward, gradient reduction and the optimizer step
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        return loss.item()
+        with record_function("step:forward"):
+            loss = engine({**cached}, noise_seed=i)
+        with record_function("step:backward"):
+            accelerator.backward(loss)  # DeepSpeed: backward, gradient reduction and the optimizer step
+        with record_function("step:optimizer"):
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        with record_function("step:loss.item"):
+            return loss.item()
 
-    result = measure(step, args.steps, warmup=3)
+    result = dict(measure(step, args.steps, warmup=3), checkpointed=checkpointed)
     if args.out:
-        Path(args.out).with_suffix(".launcher_profile.txt").write_text(time_tables(lambda: step(0)))
+        out = Path(args.out)
+        out.with_suffix(".launcher_profile.txt").write_text(time_tables(lambda: step(0)))
+        idle = gpu_idle(lambda: [step(i) for i in range(3)], trace_path=out.with_suffix(".launcher_trace.json.gz"))
+        out.with_suffix(".launcher_idle.txt").write_text(idle)
+        print(f"GPU idle over three launcher steps:\n{idle}", flush=True)
     return result
 
 

@@ -1,14 +1,16 @@
 """Speed levers on the DiT's blocks: torch.compile per block and selective activation checkpointing.
 
 DiffSynth checkpoints every block or none. Checkpointing only as many blocks as memory requires keeps most of
-the no-checkpointing speed. Measured on an H100 at 81x896x480 (8820 tokens), bf16, LoRA r32 (bench/RESULTS.md):
-a compiled, uncheckpointed 5B block keeps ~1.64 GiB of activations (~195 KiB per token), eager ~1.6x that;
+the no-checkpointing speed. Measured at 81x896x480 (8820 tokens), bf16, LoRA r32 (bench/RESULTS.md): a compiled,
+uncheckpointed 5B block keeps ~1.43 GiB of activations (~170 KiB per token; H200, 54.5 GiB peak with none
+checkpointed), an eager one (DiffSynth's block forward, ~195 KiB per token compiled on an H100) ~1.6x that;
 weights, LoRA, Adam and the checkpointed blocks take ~1.5x the DiT's weight bytes.
 
 Attention is left to PyTorch's SDPA: on Hopper it already runs cuDNN's fused kernels (bench/profiling.py shows
 which), so forcing a backend gains nothing there. Compiled blocks apply RoPE in real fp64 arithmetic instead of
 DiffSynth's complex128 product: Inductor cannot generate code for complex numbers and runs that part as separate
-eager kernels; the real form computes the same fp64 products and fuses into the neighbouring kernels.
+eager kernels; the real form computes the same fp64 products and fuses into the neighbouring kernels. They also add
+each modulation chunk to the timestep embedding where it is used (`modulated_block_forward`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import functools
 
 import torch
 
-ACTIVATION_BYTES_PER_TOKEN = 200 * 1024  # per compiled, uncheckpointed 5B block (dim 3072)
-EAGER_ACTIVATION_FACTOR = 1.6
+ACTIVATION_BYTES_PER_TOKEN = 180 * 1024  # per compiled, uncheckpointed 5B block (dim 3072); 170 measured
+EAGER_ACTIVATION_FACTOR = 1.75  # 1.6 x 195 KiB measured, over 180
 CARD_SHARE = 0.8  # of the card's memory: room for the allocator's fragmentation, the VAE and validation
 
 
@@ -64,7 +66,7 @@ def dit_training_flops(dit, tokens: int, checkpointed_blocks: int, context_token
 def blocks_to_checkpoint(weight_bytes: int, tokens: int, dim: int, blocks: int, card_bytes: int,
                          compiled: bool) -> int:
     """How many of `blocks` must be checkpointed so that 1.5x the DiT's weight bytes plus the activations of the
-    other blocks fit in 80% of the card (at the default size: none on an H200, 2 on an H100)."""
+    other blocks fit in 80% of the card (at the default size: none on an H200 or an 80 GB H100, 15 on a 48 GB card)."""
     budget = CARD_SHARE * card_bytes
     base = 1.5 * weight_bytes
     per_block = tokens * ACTIVATION_BYTES_PER_TOKEN * dim / 3072
@@ -110,6 +112,23 @@ def real_rope_attention(diffsynth_class: type) -> type:
                 {"forward": _rope_self_attention_forward, "diffsynth_class": diffsynth_class})
 
 
+def modulated_block_forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor,
+                            freqs: torch.Tensor) -> torch.Tensor:
+    """DiffSynth's DiTBlock.forward, with each of the six modulation chunks added to its slice of t_mod where it is
+    used: the same bf16 sums. DiffSynth adds all six first; with the TI2V's per-token t_mod ([1, tokens, 6, dim],
+    325 MB at the default size) Inductor writes that sum out and reads it back in every block."""
+    chunk_dim = 2 if t_mod.dim() == 4 else 1
+    modulation = self.modulation.to(dtype=t_mod.dtype, device=t_mod.device).chunk(6, dim=1)
+    t_chunks = t_mod.chunk(6, dim=chunk_dim)
+    sums = [m + t for m, t in zip(modulation, t_chunks, strict=True)]
+    if chunk_dim == 2:
+        sums = [s.squeeze(2) for s in sums]
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = sums
+    x = self.gate(x, gate_msa, self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, freqs))
+    x = x + self.cross_attn(self.norm3(x), context)
+    return self.gate(x, gate_mlp, self.ffn(self.norm2(x) * (1 + scale_mlp) + shift_mlp))
+
+
 def _with_real_freqs(forward):
     """A block forward that gets the RoPE frequencies as real pairs, so no complex tensor enters the compiled graph."""
     def block_forward(x, context, t_mod, freqs):
@@ -118,7 +137,8 @@ def _with_real_freqs(forward):
 
 
 def configure_blocks(dit, checkpointed_blocks: int, compile_blocks: bool) -> None:
-    """Checkpoint the first `checkpointed_blocks` blocks, optionally compile each block (with real-valued RoPE).
+    """Checkpoint the first `checkpointed_blocks` blocks, optionally compile each block (with real-valued RoPE and
+    `modulated_block_forward`).
 
     Overrides each block's forward in place so parameter names (and so LoRA keys) stay unchanged.
     """
@@ -127,7 +147,7 @@ def configure_blocks(dit, checkpointed_blocks: int, compile_blocks: bool) -> Non
         diffsynth_class = getattr(type(block.self_attn), "diffsynth_class", type(block.self_attn))
         block.self_attn.__class__ = real_rope_attention(diffsynth_class) if compile_blocks else diffsynth_class
         if compile_blocks:
-            forward = _with_real_freqs(torch.compile(forward))
+            forward = _with_real_freqs(torch.compile(modulated_block_forward.__get__(block)))
         if index < checkpointed_blocks:
             forward = functools.partial(torch.utils.checkpoint.checkpoint, forward, use_reentrant=False)
         block.forward = forward
