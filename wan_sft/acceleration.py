@@ -115,8 +115,9 @@ def real_rope_attention(diffsynth_class: type) -> type:
 def modulated_block_forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor,
                             freqs: torch.Tensor) -> torch.Tensor:
     """DiffSynth's DiTBlock.forward, with each of the six modulation chunks added to its slice of t_mod where it is
-    used: the same bf16 sums. DiffSynth adds all six first; with the TI2V's per-token t_mod ([1, tokens, 6, dim],
-    325 MB at the default size) Inductor writes that sum out and reads it back in every block."""
+    used: the same sums (bit for bit in eager mode). DiffSynth adds all six first; with the TI2V's per-token t_mod
+    ([1, tokens, 6, dim], 325 MB at the default size) Inductor writes that sum out, reads it back and saves it for
+    the backward in every block; added per chunk, it fuses into the kernels that use it."""
     chunk_dim = 2 if t_mod.dim() == 4 else 1
     modulation = self.modulation.to(dtype=t_mod.dtype, device=t_mod.device).chunk(6, dim=1)
     t_chunks = t_mod.chunk(6, dim=chunk_dim)
