@@ -3,8 +3,8 @@
 DiffSynth checkpoints every block or none. Checkpointing only as many blocks as memory requires keeps most of
 the no-checkpointing speed. Measured at 81x896x480 (8820 tokens), bf16, LoRA r32 (bench/RESULTS.md): a compiled,
 uncheckpointed 5B block keeps ~1.43 GiB of activations (~170 KiB per token; H200, 54.5 GiB peak with none
-checkpointed), an eager one (DiffSynth's block forward, ~195 KiB per token compiled on an H100) ~1.6x that;
-weights, LoRA, Adam and the checkpointed blocks take ~1.5x the DiT's weight bytes.
+checkpointed); an eager one runs DiffSynth's block forward and keeps ~1.6x the ~195 KiB per token that forward kept
+compiled (H100); weights, LoRA, Adam and the checkpointed blocks take ~1.5x the DiT's weight bytes.
 
 Attention is left to PyTorch's SDPA: on Hopper it already runs cuDNN's fused kernels (bench/profiling.py shows
 which), so forcing a backend gains nothing there. Compiled blocks apply RoPE in real fp64 arithmetic instead of
