@@ -1,11 +1,17 @@
 """Profiler views for the benchmark tables: which attention kernels ran, and where a step's time goes."""
 from __future__ import annotations
 
+import gzip
+import json
+import os
 import re
+import tempfile
 
 import torch
 
 ATTENTION_KERNEL = re.compile(r"attn|fmha|flash|sdpa|cudnn", re.IGNORECASE)
+GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # trace categories of what the GPU executes
+BUBBLE_US = 10.0  # shorter gaps: launch-to-launch bubbles between back-to-back kernels
 
 
 def _profiled(call):
@@ -30,50 +36,67 @@ def time_tables(call, rows: int = 30) -> str:
 
 
 def gpu_idle(call, trace_path=None, rows: int = 15) -> str:
-    """Run `call()` under the profiler: its wall time, the GPU's busy time (union of kernels and copies), and the
-    longest stretches with the GPU idle, each with the innermost `record_function` range running on the CPU when the
-    GPU went idle and when its next work started. The Chrome trace goes to `trace_path` (gzipped) if given."""
+    """Run `call()` under the profiler: its wall time, the GPU's busy time (the union of kernels, copies and memsets)
+    and where the GPU sat idle. Gaps under 10 us are launch-to-launch bubbles between back-to-back kernels; each
+    longer gap is put down to the CPU op that launched the work after it (the outermost and innermost op on that
+    thread, and the outermost `record_function` range around it). The Chrome trace goes to `trace_path` (gzipped)
+    if given.
+
+    From the trace's own categories: the profiler's events also hold each `record_function` range as a GPU-side
+    annotation spanning its kernels, which would count the gaps between them as busy."""
     profile = _profiled(call)
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as raw:
+        profile.export_chrome_trace(raw.name)
+    with open(raw.name, "rb") as src:
+        trace = src.read()
+    os.unlink(raw.name)
     if trace_path:
-        import gzip
-        import os
-        import shutil
-        import tempfile
+        with gzip.open(trace_path, "wb") as dst:
+            dst.write(trace)
+    return idle_report(json.loads(trace)["traceEvents"], rows)
 
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as raw:
-            profile.export_chrome_trace(raw.name)
-        with open(raw.name, "rb") as src, gzip.open(trace_path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.unlink(raw.name)
-    events = profile.events()
-    gpu = sorted((e.time_range.start, e.time_range.end) for e in events
-                 if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
-    ranges = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name.startswith("step:")]
-    start = min(e.time_range.start for e in events if e.device_type == torch.autograd.DeviceType.CPU)
-    busy, gaps, end = 0.0, [], None
-    for s, e in gpu:
-        if end is None or s > end:
-            if end is not None:
-                gaps.append((s - end, end, s))
-            busy += e - s
-            end = e
-        elif e > end:
-            busy += e - end
-            end = e
-    first_gap = gpu[0][0] - start if gpu else 0.0
 
-    def phase(t):
-        inside = [r for r in ranges if r.time_range.start <= t <= r.time_range.end]
-        return min(inside, key=lambda r: r.time_range.end - r.time_range.start).name if inside else "-"
+def idle_report(events: list[dict], rows: int = 15) -> str:
+    """`gpu_idle`'s text from Chrome-trace events (times in us)."""
+    gpu = sorted((e for e in events if e.get("cat") in GPU_WORK), key=lambda e: e["ts"])
+    if not gpu:
+        return "no GPU work in the trace"
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    cpu_ops = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation") and "dur" in e]
+    busy, bubbles, gaps, end = 0.0, 0.0, [], None
+    for work in gpu:
+        start, stop = work["ts"], work["ts"] + work.get("dur", 0.0)
+        if end is not None and start > end:
+            if start - end < BUBBLE_US:
+                bubbles += start - end
+            else:
+                gaps.append((start - end, work))
+        busy += max(0.0, stop - max(start, end if end is not None else start))
+        end = stop if end is None else max(end, stop)
+    wall = end - gpu[0]["ts"]
 
-    wall = (end or start) - start
-    lines = [f"wall {wall / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms, idle {(wall - busy) / 1e3:.1f} ms "
-             f"(before the first GPU work {first_gap / 1e3:.1f} ms; {len(gaps)} gaps)"]
-    by_phase: dict[str, float] = {}
-    for length, gap_start, gap_end in gaps:
-        key = f"{phase(gap_start)} -> {phase(gap_end)}"
-        by_phase[key] = by_phase.get(key, 0.0) + length
-    lines += [f"  idle {ms / 1e3:8.2f} ms  {key}" for key, ms in sorted(by_phase.items(), key=lambda i: -i[1])[:rows]]
-    lines += [f"  gap {length / 1e3:8.2f} ms at {(gap_start - start) / 1e3:8.1f} ms  {phase(gap_start)} -> "
-              f"{phase(gap_end)}" for length, gap_start, gap_end in sorted(gaps, reverse=True)[:rows]]
+    def launched_by(work) -> str:
+        launch = launches.get(work.get("args", {}).get("correlation"))
+        if launch is None:
+            return "-"
+        t = launch["ts"]
+        around = sorted((e for e in cpu_ops if e["ts"] <= t <= e["ts"] + e["dur"]), key=lambda e: -e["dur"])
+        ranges = [e["name"] for e in around if e["cat"] == "user_annotation"]
+        ops = [e["name"] for e in around if e["cat"] == "cpu_op" and e["tid"] == launch["tid"]]
+        chain = " > ".join(dict.fromkeys([ops[0], ops[-1]])) if ops else "-"
+        return f"{chain[:110]} (in {ranges[0] if ranges else '-'})"
+
+    by_launcher: dict[str, list[float]] = {}
+    for length, work in gaps:
+        entry = by_launcher.setdefault(launched_by(work), [0.0, 0])
+        entry[0] += length
+        entry[1] += 1
+    idle = wall - busy
+    lines = [f"wall {wall / 1e3:.1f} ms, GPU busy {busy / 1e3:.1f} ms, idle {idle / 1e3:.1f} ms: "
+             f"{bubbles / 1e3:.1f} ms in gaps under {BUBBLE_US:.0f} us between kernels, "
+             f"{(idle - bubbles) / 1e3:.1f} ms in {len(gaps)} longer gaps, by the CPU op that launched the work after "
+             "them:"]
+    lines += [f"  {total / 1e3:8.2f} ms {count:5d} gaps  {name}"
+              for name, (total, count) in sorted(by_launcher.items(), key=lambda i: -i[1][0])[:rows]]
     return "\n".join(lines)
