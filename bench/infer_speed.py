@@ -30,6 +30,7 @@ from profiling import attention_kernels  # noqa: E402
 from wan_sft.acceleration import configure_blocks, dit_forward_flops, video_tokens  # noqa: E402
 from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.inference import GenerationSettings, generate, load_generator, read_image  # noqa: E402
+from wan_sft.model_files import keep_rope_frequencies_on  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
 from wan_sft.scoring import eyeballing_red_mask  # noqa: E402
 
@@ -101,6 +102,7 @@ def main() -> int:
             print("FP8 linears:", convert_block_linears(pipe.dit), flush=True)
         if compiled:
             configure_blocks(pipe.dit, checkpointed_blocks=0, compile_blocks=True)
+        keep_rope_frequencies_on(pipe.dit, "cuda" if compiled else "cpu")  # stock: where DiffSynth keeps them
         torch.cuda.reset_peak_memory_stats()
         warmup_seconds, _ = timed(lambda runner=runner: generate(runner, image, prompt, one_step))
         kernels = attention_kernels(lambda runner=runner: generate(runner, image, prompt, one_step))

@@ -36,7 +36,7 @@ from wan_sft.acceleration import auto_checkpoint_blocks, configure_blocks, dit_t
 from wan_sft.data import load_clip  # noqa: E402
 from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
-from wan_sft.model_files import load_pipeline  # noqa: E402
+from wan_sft.model_files import keep_rope_frequencies_on, load_pipeline  # noqa: E402
 from wan_sft.puzzles import generate_maze_task  # noqa: E402
 from wan_sft.report import moving_average  # noqa: E402
 from wan_sft.train import FlowMatchLoss, configure_deepspeed  # noqa: E402
@@ -69,8 +69,9 @@ def compare_losses(reference: list[float], other: list[float], window: int = 20)
 
 def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> dict:
     """The launcher's training step in this process: accelerate + DeepSpeed ZeRO-2 bf16 (one rank, the launcher's
-    DeepSpeed settings), the default block settings; a profile of one step, and where the GPU sat idle over three
-    (with their Chrome trace), are written beside --out.
+    DeepSpeed settings), the default block settings; then the same with the RoPE tables where DiffSynth keeps them
+    (the CPU); a profile of one step, and where the GPU sat idle over three (with their Chrome trace), are written
+    beside --out.
 
     Last, because DeepSpeed casts the module to bf16 for good."""
     from accelerate import Accelerator
@@ -101,6 +102,9 @@ def deepspeed_run(model, cached: dict, lora, fresh_optimizer, shape, args) -> di
             return loss.item()
 
     result = dict(measure(step, args.steps, warmup=3), checkpointed=checkpointed)
+    keep_rope_frequencies_on(dit, "cpu")  # where DiffSynth keeps them: what moving them saves, same process
+    result["seconds_rope_tables_on_cpu"] = measure(step, args.steps, warmup=1)["seconds"]
+    keep_rope_frequencies_on(dit, device)
     if args.out:
         out = Path(args.out)
         out.with_suffix(".launcher_profile.txt").write_text(time_tables(lambda: step(0)))
@@ -175,9 +179,11 @@ def main() -> int:
         return loss.item()
 
     if not args.skip_stock:
+        keep_rope_frequencies_on(pipe.dit, "cpu")  # where DiffSynth keeps them
         results["runs"]["stock"] = measure(stock_step, args.steps)
         results["runs"]["stock"]["checkpointed"] = len(pipe.dit.blocks)
         print("stock", json.dumps(results["runs"]["stock"]), flush=True)
+        keep_rope_frequencies_on(pipe.dit, device)
 
     # Ours: cached inputs, fp32 LoRA + Adam under bf16 autocast, only the DiT resident.
     cached = {k: v for k, v in model.encode(sample).items() if k in ("input_latents", "first_frame_latents", "context")}

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from wan_sft.config import InputError
-from wan_sft.model_files import DIT_SHARDS, T5_FILE, TOKENIZER_DIR, VAE_FILE, load_pipeline, locate_model_files
+from wan_sft.model_files import (
+    DIT_SHARDS,
+    T5_FILE,
+    TOKENIZER_DIR,
+    VAE_FILE,
+    keep_rope_frequencies_on,
+    load_pipeline,
+    locate_model_files,
+)
 
 
 def test_tiny_folder_loads_through_diffsynth_model_detection(tiny_model):
@@ -63,3 +71,11 @@ def test_pth_files_load_memory_mapped_with_the_same_weights_and_the_default_is_r
     on_disk = real_load(tiny_model / T5_FILE, weights_only=True)
     loaded = pipe.text_encoder.state_dict()
     assert on_disk.keys() == loaded.keys() and all(torch.equal(on_disk[k], loaded[k]) for k in on_disk)
+
+
+def test_rope_frequency_tables_move_to_the_given_device(tiny_model):
+    """DiffSynth leaves them on the CPU whatever the pipeline's device; `meta` stands in for the GPU here."""
+    dit = load_pipeline(tiny_model, "cpu", torch.float32, with_text_encoder=False, with_vae=False).dit
+    before = [(t.dtype, t.shape) for t in dit.freqs]
+    keep_rope_frequencies_on(dit, "meta")
+    assert [(t.device.type, t.dtype, t.shape) for t in dit.freqs] == [("meta", *b) for b in before]

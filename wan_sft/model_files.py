@@ -118,10 +118,20 @@ def load_pipeline(base, device: str | torch.device, torch_dtype: torch.dtype, wi
     if pipe.vae is None and with_vae or pipe.dit is None:
         raise InputError(f"{base}: DiffSynth did not recognise the model files as Wan2.2-TI2V-5B")
     pipe.height_division_factor = pipe.width_division_factor = 32  # DiffSynth assumes 16 without a VAE
+    keep_rope_frequencies_on(pipe.dit, device)
     for model in (pipe.dit, pipe.text_encoder, pipe.vae):
         if model is not None:
             model.requires_grad_(False)  # DiffSynth leaves them trainable; training adds LoRA on top
     return pipe
+
+
+def keep_rope_frequencies_on(dit, device: str | torch.device) -> None:
+    """Put the DiT's RoPE frequency tables on `device`.
+
+    DiffSynth keeps them on the CPU (not buffers, so `.to()` leaves them there) and, in every forward, concatenates
+    them into one table per token on the CPU (9 MB of complex128 at 81x896x480) and copies that to the GPU, which
+    waits: 6–10 ms of a 0.55 s training step (bench/RESULTS.md). On the device the same concatenation is one kernel."""
+    dit.freqs = tuple(table.to(device) for table in dit.freqs)
 
 
 @contextlib.contextmanager
