@@ -5,8 +5,9 @@ one step goes (kernels grouped: attention, matmuls, fused Triton, other; the 25 
 
     python bench/block_speed.py [--steps 20] [--variants shipped,...] [--precisions bf16,fp8] [--out block.json]
 
-A block alone, random weights: the levers' effect on the DiT's 30 blocks, without loading a model (a whole step adds
-the patch embedding, the head, the loss and the optimizer).
+A block alone, random weights, in bf16 with the LoRA as the launcher runs it (DeepSpeed's bf16 mode: no autocast):
+the levers' effect on the DiT's 30 blocks, without loading a model (a whole step adds the patch embedding, the head,
+the loss and the optimizer). Before 2026-12-03 (second session) it ran under autocast with an fp32 LoRA.
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ INDUCTOR_OPTIONS = {  # variant: Inductor options while it compiles
     "shipped": {},  # what configure_blocks compiles: real RoPE and modulated_block_forward
     "shipped+coordinate-descent": {"coordinate_descent_tuning": True},
     "shipped+max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    # Reductions over up to 16x more elements (a 3072- or 14336-wide row) may run persistent (the row read once);
+    # each such kernel is compiled both ways and the faster one is picked on the first calls.
+    "shipped+multi-kernel": {"triton.multi_kernel": 1},
 }
 KERNEL_GROUPS = [  # first match wins
     ("attention", re.compile(r"attn|fmha|flash|sdpa", re.IGNORECASE)),
@@ -86,6 +90,7 @@ def main() -> int:
         add_lora(dit, 32)
         if precision == "fp8":
             convert_block_linears(dit)
+        dit.to(torch.bfloat16)  # as the launcher runs it: DeepSpeed's bf16 mode, LoRA included, no autocast
         block = dit.blocks[0]
         for variant in args.variants.split(","):
             torch._dynamo.reset()  # each variant compiles afresh (Inductor options included)
@@ -99,8 +104,7 @@ def main() -> int:
                 forward = torch.compile(type(block).forward.__get__(block))
 
             def step(forward=forward, block=block):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out = forward(x, context, t_mod, freqs)
+                out = forward(x, context, t_mod, freqs)
                 out.float().square().mean().backward()
                 x.grad = None
                 block.zero_grad()

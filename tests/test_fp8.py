@@ -67,6 +67,26 @@ def test_input_gradient_folds_the_weights_row_scales_into_the_gradient_before_qu
     assert (x.grad - grad_out @ linear.weight).norm() / (grad_out @ linear.weight).norm() < 0.06
 
 
+def test_under_autocast_the_output_has_the_autocast_dtype_like_nn_linear_and_the_input_gradient_x_dtype():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=False)
+    layer = fp8.Fp8Linear(linear)
+    x = torch.randn(4, 64, requires_grad=True)
+    plain = layer(x)
+    plain.backward(torch.ones_like(plain))
+    plain_grad, x.grad = x.grad, None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        assert linear(x).dtype == out.dtype == torch.bfloat16
+        with torch.no_grad():
+            assert layer(x).dtype == torch.bfloat16
+    out.backward(torch.ones_like(out))
+    assert x.grad.dtype == torch.float32
+    # The same FP8 product, rounded to bf16 once at the end (not computed in bf16).
+    assert torch.equal(out, plain.to(torch.bfloat16))
+    assert torch.allclose(x.grad, plain_grad, rtol=1e-2, atol=1e-3)
+
+
 def test_block_linears_under_the_lora_are_replaced_and_training_moves_only_the_lora(tiny_model):
     pipe = load_pipeline(tiny_model, "cpu", torch.float32, with_text_encoder=False, with_vae=False)
     dit = pipe.dit

@@ -38,17 +38,19 @@ def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_t: torch.Tensor, b_s
     """(a * a_scale) @ (b_t * b_scale).T for FP8 a [M, K] (row scales [M, 1]) and b_t [N, K] (row scales [N, 1])."""
     if a.is_cuda:
         return torch._scaled_mm(a, b_t.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype)
-    return ((a.float() * a_scale) @ (b_t.float() * b_scale).t()).to(out_dtype)
+    with torch.autocast(a.device.type, enabled=False):  # fp32 products, as _scaled_mm accumulates
+        return ((a.float() * a_scale) @ (b_t.float() * b_scale).t()).to(out_dtype)
 
 
 class _Fp8Matmul(torch.autograd.Function):
     """x @ W.T with W frozen: FP8 forward, FP8 input gradient, no weight gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, weight_scale):
+    def forward(ctx, x, weight, weight_scale, out_dtype):
         x_fp8, x_scale = quantize_rows(x)
         ctx.save_for_backward(weight, weight_scale)
-        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, x.dtype)
+        ctx.x_dtype = x.dtype
+        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -56,7 +58,7 @@ class _Fp8Matmul(torch.autograd.Function):
         # grad_out @ W = (grad_out * row scales of W) @ W_fp8: fold, then quantise per token.
         grad_fp8, grad_scale = quantize_rows(grad_out * weight_scale.t())
         unit_scale = torch.ones(weight.shape[1], 1, device=weight.device)
-        return scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, grad_out.dtype), None, None
+        return scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, ctx.x_dtype), None, None, None
 
 
 class Fp8Linear(torch.nn.Module):
@@ -75,11 +77,15 @@ class Fp8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         weight, scale = self.weight_bits.view(FP8), self.scale_bits.view(torch.float32)
+        # The dtype nn.Linear would return: under autocast its dtype (an fp32 output would double the bytes the
+        # matmul writes and the next kernel reads), else x's.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        out_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         if torch.is_grad_enabled() and x.requires_grad:
-            out = _Fp8Matmul.apply(rows, weight, scale)
+            out = _Fp8Matmul.apply(rows, weight, scale, out_dtype)
         else:
             x_fp8, x_scale = quantize_rows(rows)
-            out = scaled_matmul(x_fp8, x_scale, weight, scale, x.dtype)
+            out = scaled_matmul(x_fp8, x_scale, weight, scale, out_dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
