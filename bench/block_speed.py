@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiling import kernel_group  # noqa: E402
+
 from wan_sft.acceleration import _with_real_freqs, configure_blocks, real_rope_attention  # noqa: E402
 from wan_sft.fp8 import convert_block_linears  # noqa: E402
 from wan_sft.lora import add_lora  # noqa: E402
@@ -36,13 +38,6 @@ INDUCTOR_OPTIONS = {  # variant: Inductor options while it compiles
     # each such kernel is compiled both ways and the faster one is picked on the first calls.
     "shipped+multi-kernel": {"triton.multi_kernel": 1},
 }
-KERNEL_GROUPS = [  # first match wins
-    ("attention", re.compile(r"attn|fmha|flash|sdpa", re.IGNORECASE)),
-    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|sm90_|cublas", re.IGNORECASE)),
-    ("fused (Triton)", re.compile(r"^triton_")),
-]
-
-
 def kernel_groups(call) -> dict:
     """GPU time of `call()` by kernel group (ms), and the 25 largest kernels."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
@@ -54,8 +49,7 @@ def kernel_groups(call) -> dict:
             per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1e3
     groups: dict[str, float] = {}
     for name, ms in per_kernel.items():
-        group = next((g for g, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
-        groups[group] = groups.get(group, 0.0) + ms
+        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
     top = sorted(per_kernel.items(), key=lambda item: -item[1])[:25]
     return dict(groups_ms={g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda i: -i[1])},
                 total_ms=round(sum(per_kernel.values()), 2), top_kernels=[(n[:100], round(ms, 2)) for n, ms in top])

@@ -13,6 +13,8 @@
 #   bash bench/gpu_run.sh block        # bench/block_speed.py: one block's step, RoPE, Inductor and precision variants,
 #                                      kernels (BLOCK_FLAGS: its flags, e.g. "--variants shipped --precisions fp8")
 #   bash bench/gpu_run.sh launcher_idle # bench/train_speed.py, ours bf16 and the launcher's step: where the GPU idles
+#   bash bench/gpu_run.sh launcher_trace [FLAGS] # after train_steady 1 [FLAGS] in the same call: its run resumed for
+#                                      12 more steps by bench/launcher_trace.py (the launcher's loop under the profiler)
 # Results go to $OUT (or ./gpu_results). WORK (default /root/wan_gpu) holds the model and data between stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +63,12 @@ case "${1:?stage}" in
   launcher_idle)
     python3 bench/train_speed.py --model_base_path "$MODEL" --steps 5 --checkpoint_blocks auto --deepspeed --skip_stock \
       --out "$OUT/launcher_idle.json" 2>&1 | grep -v Warning | tail -40;;
+  launcher_trace)
+    shift; name="1gpu$(echo "$*" | tr -d ' -')"
+    cmd=$(sed -n 's/^+ //p' "$OUT/steady_$name.log" | head -1)
+    cmd=$(echo "$cmd" | sed -e 's| -m wan_sft.train | bench/launcher_trace.py |' -e 's| --max_steps 24 | --max_steps 36 |')
+    mkdir -p "$WORK/trace_$name"; TRACE_OUT="$WORK/trace_$name" eval "$cmd" > "$OUT/launcher_trace_$name.log" 2>&1
+    tr '\r' '\n' < "$OUT/launcher_trace_$name.log" | grep -v "Warning\|^train: " | tail -45;;
   block)
     python3 bench/block_speed.py --out "$OUT/block_speed.json" ${BLOCK_FLAGS:-} 2>&1 | grep -v Warning | tail -12;;
   infer)

@@ -12,6 +12,16 @@ import torch
 ATTENTION_KERNEL = re.compile(r"attn|fmha|flash|sdpa|cudnn", re.IGNORECASE)
 GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")  # trace categories of what the GPU executes
 BUBBLE_US = 10.0  # shorter gaps: launch-to-launch bubbles between back-to-back kernels
+KERNEL_GROUPS = [  # first match wins
+    ("attention", re.compile(r"attn|fmha|flash|sdpa", re.IGNORECASE)),
+    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|sm90_|cublas", re.IGNORECASE)),
+    ("fused (Triton)", re.compile(r"^triton_")),
+]
+SMALL_MATMUL_US = 60.0  # at 8820 tokens the LoRA's rank-32 GEMMs take ~20 us, the base linears' over 100 us
+
+
+def kernel_group(name: str) -> str:
+    return next((group for group, pattern in KERNEL_GROUPS if pattern.search(name)), "other")
 
 
 def _profiled(call):
@@ -44,7 +54,11 @@ def gpu_idle(call, trace_path=None, rows: int = 15) -> str:
 
     From the trace's own categories: the profiler's events also hold each `record_function` range as a GPU-side
     annotation spanning its kernels, which would count the gaps between them as busy."""
-    profile = _profiled(call)
+    return idle_report(export_trace(_profiled(call), trace_path), rows)
+
+
+def export_trace(profile, trace_path=None) -> list[dict]:
+    """A finished profile's Chrome-trace events; the trace also goes to `trace_path` (gzipped) if given."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as raw:
         profile.export_chrome_trace(raw.name)
     with open(raw.name, "rb") as src:
@@ -53,7 +67,7 @@ def gpu_idle(call, trace_path=None, rows: int = 15) -> str:
     if trace_path:
         with gzip.open(trace_path, "wb") as dst:
             dst.write(trace)
-    return idle_report(json.loads(trace)["traceEvents"], rows)
+    return json.loads(trace)["traceEvents"]
 
 
 def idle_report(events: list[dict], rows: int = 15) -> str:
@@ -100,3 +114,19 @@ def idle_report(events: list[dict], rows: int = 15) -> str:
     lines += [f"  {total / 1e3:8.2f} ms {count:5d} gaps  {name}"
               for name, (total, count) in sorted(by_launcher.items(), key=lambda i: -i[1][0])[:rows]]
     return "\n".join(lines)
+
+
+def kernel_summary(events: list[dict], steps: int) -> str:
+    """GPU time per step by kernel group, from Chrome-trace events; matmuls split by length (the LoRA's small GEMMs
+    apart from the base linears')."""
+    groups: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "kernel":
+            group = kernel_group(e["name"])
+            if group == "matmul":
+                group += f" under {SMALL_MATMUL_US:.0f} us" if e["dur"] < SMALL_MATMUL_US else " (longer)"
+            entry = groups.setdefault(group, [0.0, 0])
+            entry[0] += e["dur"]
+            entry[1] += 1
+    return "\n".join(f"  {total / steps / 1e3:8.2f} ms per step {count // steps:6d} kernels  {group}"
+                     for group, (total, count) in sorted(groups.items(), key=lambda i: -i[1][0]))

@@ -243,6 +243,9 @@ def test_divergence_names_a_non_finite_loss_or_lora_and_passes_a_healthy_step():
     assert _divergence(0.25, healthy) is None
     assert _divergence(float("nan"), healthy) == "loss nan"
     assert _divergence(0.25, [torch.ones(4), torch.tensor([1.0, float("inf")])]) == "the LoRA weights' norm is inf/NaN"
+    many = [torch.ones(3) for _ in range(600)]  # as many tensors as the 5B's LoRA: each one is checked
+    many[417] = torch.tensor([0.0, float("nan"), 1.0])
+    assert _divergence(0.25, many) == "the LoRA weights' norm is inf/NaN"
 
 
 def test_the_launchers_deepspeed_config_with_our_settings_is_accepted_by_deepspeed():
