@@ -1,4 +1,5 @@
-"""bench/profiling.py's idle report: what counts as GPU work, bubbles vs gaps, and who launched the work after a gap."""
+"""bench/profiling.py: the idle report (what counts as GPU work, bubbles vs gaps, who launched the work after a gap)
+and the kernel summary."""
 import sys
 from pathlib import Path
 
@@ -40,3 +41,17 @@ def test_idle_counts_only_executed_work_splits_bubbles_and_names_the_launching_o
 
 def test_no_gpu_work():
     assert idle_report([dict(cat="cpu_op", name="aten::add", ts=0.0, dur=5.0, tid=1)]) == "no GPU work in the trace"
+
+
+def test_kernel_summary_groups_kernels_per_step_and_splits_matmuls_by_length():
+    from profiling import kernel_summary
+
+    kernels = [("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", 1500.0), ("nvjet_tst_256x128_64x4", 200.0),
+               ("nvjet_tst_64x8_64x8", 20.0), ("nvjet_tst_64x8_64x8", 59.9), ("nvjet_tst_128x8_64x8", 60.0),
+               ("triton_poi_fused_add_0", 30.0), ("void at::native::vectorized_elementwise_kernel", 10.0)]
+    events = [dict(cat="kernel", name=name, ts=0.0, dur=dur) for name, dur in kernels * 2]  # two steps
+    events.append(dict(cat="gpu_memcpy", name="Memcpy HtoD", ts=0.0, dur=900.0))  # not a kernel
+    lines = [line.split(maxsplit=6) for line in kernel_summary(events, steps=2).splitlines()]
+    assert [(float(ms), int(count), group) for ms, _, _, _, count, _, group in lines] == [
+        (1.5, 1, "attention"), (0.26, 2, "matmul (longer)"), (0.08, 2, "matmul under 60 us"),
+        (0.03, 1, "fused (Triton)"), (0.01, 1, "other")]
