@@ -38,6 +38,8 @@ INDUCTOR_OPTIONS = {  # variant: Inductor options while it compiles
     # each such kernel is compiled both ways and the faster one is picked on the first calls.
     "shipped+multi-kernel": {"triton.multi_kernel": 1},
 }
+
+
 def kernel_groups(call) -> dict:
     """GPU time of `call()` by kernel group (ms), and the 25 largest kernels."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
@@ -49,7 +51,8 @@ def kernel_groups(call) -> dict:
             per_kernel[event.name] = per_kernel.get(event.name, 0.0) + event.device_time / 1e3
     groups: dict[str, float] = {}
     for name, ms in per_kernel.items():
-        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + ms
+        group = kernel_group(name)
+        groups[group] = groups.get(group, 0.0) + ms
     top = sorted(per_kernel.items(), key=lambda item: -item[1])[:25]
     return dict(groups_ms={g: round(ms, 2) for g, ms in sorted(groups.items(), key=lambda i: -i[1])},
                 total_ms=round(sum(per_kernel.values()), 2), top_kernels=[(n[:100], round(ms, 2)) for n, ms in top])
