@@ -1,6 +1,7 @@
 """The real launcher, 2 CPU processes (gloo), the tiny model: training, exports, kill/resume reproducibility."""
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -225,8 +226,9 @@ def test_resume_keeps_log_lines_up_to_the_state_and_drops_a_cut_line(tmp_path):
 
 
 def test_a_diverged_step_stops_training_before_anything_of_it_is_saved(demo_data, tmp_path):
+    # --save_steps 1: step 1 exports and saves, so its weights (1e30-sized after one AdamW step) are checked first.
     out = tmp_path / "out"
-    result = run_script(train_command(demo_data, out, "--learning_rate", "1e30"), cwd=tmp_path)
+    result = run_script(train_command(demo_data, out, "--learning_rate", "1e30", "--save_steps", "1"), cwd=tmp_path)
     assert result.returncode != 0
     output = result.stderr + result.stdout
     assert output.count("error: training diverged at step 1 (the LoRA weights' norm is inf/NaN)") == 1  # rank 0 says it
@@ -236,16 +238,30 @@ def test_a_diverged_step_stops_training_before_anything_of_it_is_saved(demo_data
     assert not list(out.glob("step-*.safetensors")) and not list(out.glob("states/step-*"))
 
 
+def test_weights_that_diverge_on_a_step_that_saves_nothing_stop_training_at_the_next_loss(demo_data, tmp_path):
+    # --save_steps 2: step 1 writes nothing, so its weights go unchecked; step 2's loss is not finite.
+    out = tmp_path / "out"
+    result = run_script(train_command(demo_data, out, "--learning_rate", "1e30"), cwd=tmp_path)
+    output = result.stderr + result.stdout
+    assert result.returncode == 1
+    assert re.search(r"error: training diverged at step 2 \(loss (nan|inf)\); nothing of this step was saved", output)
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1]
+    assert not list(out.glob("step-*.safetensors")) and not list(out.glob("states/step-*"))
+
+
 def test_divergence_names_a_non_finite_loss_or_lora_and_passes_a_healthy_step():
     from wan_sft.train import _divergence
 
     healthy = [torch.ones(4, 4), torch.zeros(8)]
-    assert _divergence(0.25, healthy) is None
-    assert _divergence(float("nan"), healthy) == "loss nan"
-    assert _divergence(0.25, [torch.ones(4), torch.tensor([1.0, float("inf")])]) == "the LoRA weights' norm is inf/NaN"
+    assert _divergence(0.25, healthy, check_weights=True) is None
+    assert _divergence(float("nan"), healthy, check_weights=False) == "loss nan"
+    assert _divergence(float("inf"), healthy, check_weights=True) == "loss inf"
+    broken = [torch.ones(4), torch.tensor([1.0, float("inf")])]
+    assert _divergence(0.25, broken, check_weights=True) == "the LoRA weights' norm is inf/NaN"
+    assert _divergence(0.25, broken, check_weights=False) is None  # a step that writes nothing
     many = [torch.ones(3) for _ in range(600)]  # as many tensors as the 5B's LoRA: each one is checked
     many[417] = torch.tensor([0.0, float("nan"), 1.0])
-    assert _divergence(0.25, many) == "the LoRA weights' norm is inf/NaN"
+    assert _divergence(0.25, many, check_weights=True) == "the LoRA weights' norm is inf/NaN"
 
 
 def test_the_launchers_deepspeed_config_with_our_settings_is_accepted_by_deepspeed():

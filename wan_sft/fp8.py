@@ -7,7 +7,8 @@ under the LoRA do the same in the forward, and the input gradient (grad_out x W)
 FP8 weight: W's row scales are folded into grad_out's columns before it is quantised per token, and the weight is
 transposed on the fly (`_scaled_mm` takes both operands K-major; ~2 ms per step for all blocks, where a second,
 transposed copy would hold another 4.7 GB). The LoRA and its optimizer stay as they are. The base weights need no
-gradient, so no weight-gradient matmul exists to quantise.
+gradient, so no weight-gradient matmul exists to quantise. Forward matmuls use the FP8 tensor cores' fast
+accumulation (no promotion to fp32 every few k-steps), input gradients the promoted one: torchao's float8 recipe.
 
 Why not torchao's float8: its row-wise inference path refuses to run without a CUDA >= 8.9 device, so nothing of
 it could be tested on our CPU CI, and its training path also schedules weight-gradient work for frozen weights.
@@ -34,10 +35,11 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_t: torch.Tensor, b_scale: torch.Tensor,
-                  out_dtype: torch.dtype) -> torch.Tensor:
+                  out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
     """(a * a_scale) @ (b_t * b_scale).T for FP8 a [M, K] (row scales [M, 1]) and b_t [N, K] (row scales [N, 1])."""
     if a.is_cuda:
-        return torch._scaled_mm(a, b_t.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype)
+        return torch._scaled_mm(a, b_t.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype,
+                                use_fast_accum=fast_accum)
     with torch.autocast(a.device.type, enabled=False):  # fp32 products, as _scaled_mm accumulates
         return ((a.float() * a_scale) @ (b_t.float() * b_scale).t()).to(out_dtype)
 
@@ -50,7 +52,7 @@ class _Fp8Matmul(torch.autograd.Function):
         x_fp8, x_scale = quantize_rows(x)
         ctx.save_for_backward(weight, weight_scale)
         ctx.x_dtype = x.dtype
-        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, out_dtype)
+        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, out_dtype, fast_accum=True)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -58,7 +60,8 @@ class _Fp8Matmul(torch.autograd.Function):
         # grad_out @ W = (grad_out * row scales of W) @ W_fp8: fold, then quantise per token.
         grad_fp8, grad_scale = quantize_rows(grad_out * weight_scale.t())
         unit_scale = torch.ones(weight.shape[1], 1, device=weight.device)
-        return scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, ctx.x_dtype), None, None, None
+        return (scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, ctx.x_dtype, fast_accum=False),
+                None, None, None)
 
 
 class Fp8Linear(torch.nn.Module):
@@ -85,7 +88,7 @@ class Fp8Linear(torch.nn.Module):
             out = _Fp8Matmul.apply(rows, weight, scale, out_dtype)
         else:
             x_fp8, x_scale = quantize_rows(rows)
-            out = scaled_matmul(x_fp8, x_scale, weight, scale, out_dtype)
+            out = scaled_matmul(x_fp8, x_scale, weight, scale, out_dtype, fast_accum=True)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
