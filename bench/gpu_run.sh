@@ -12,6 +12,8 @@
 #   bash bench/gpu_run.sh train_steady N [FLAGS]  # as above, with extra training flags (e.g. --fp8_base)
 #   bash bench/gpu_run.sh block        # bench/block_speed.py: one block's step, RoPE, Inductor and precision variants,
 #                                      kernels (BLOCK_FLAGS: its flags, e.g. "--variants shipped --precisions fp8")
+#   bash bench/gpu_run.sh fp8_parts    # bench/fp8_check.py + bench/fp8_gemm.py: an FP8 linear's matmuls (row-wise,
+#                                      tensor-wise, block scales; fast accumulation) and fused quantisation, timed alone
 #   bash bench/gpu_run.sh launcher_idle # bench/train_speed.py, ours bf16 and the launcher's step: where the GPU idles
 #   bash bench/gpu_run.sh launcher_trace [FLAGS] # after train_steady 1 [FLAGS] in the same call: its run resumed for
 #                                      12 more steps by bench/launcher_trace.py (the launcher's loop under the profiler)
@@ -71,6 +73,9 @@ case "${1:?stage}" in
     tr '\r' '\n' < "$OUT/launcher_trace_$name.log" | grep -v "Warning\|^train: " | tail -45;;
   block)
     python3 bench/block_speed.py --out "$OUT/block_speed.json" ${BLOCK_FLAGS:-} 2>&1 | grep -v Warning | tail -12;;
+  fp8_parts)
+    python3 bench/fp8_check.py 2>&1 | grep -v Warning | tee "$OUT/fp8_check.log"
+    python3 bench/fp8_gemm.py --out "$OUT/fp8_gemm.json" 2>&1 | grep -v Warning | tail -8;;
   infer)
     python3 bench/infer_speed.py --model_base_path "$MODEL" --out "$OUT/infer_speed.json" 2>&1 | grep -v Warning | tail -30;;
   train_fp8)
