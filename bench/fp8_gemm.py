@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fp8_check import relative  # noqa: E402
+
 from wan_sft.fp8 import FP8, FP8_MAX, quantize_rows  # noqa: E402
 
 TOKENS = 8820
@@ -62,10 +65,6 @@ def quantize_tiles(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = tiles.abs().amax(dim=(1, 3), keepdim=True).float().clamp(min=1e-12) / FP8_MAX
     values = (tiles.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).reshape(n, k)
     return values, scale.reshape(n // BLOCK, k // BLOCK)
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def matmuls(n_in: int, n_out: int) -> dict:
