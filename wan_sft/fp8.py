@@ -7,8 +7,11 @@ under the LoRA do the same in the forward, and the input gradient (grad_out x W)
 FP8 weight: W's row scales are folded into grad_out's columns before it is quantised per token, and the weight is
 transposed on the fly (`_scaled_mm` takes both operands K-major; ~2 ms per step for all blocks, where a second,
 transposed copy would hold another 4.7 GB). The LoRA and its optimizer stay as they are. The base weights need no
-gradient, so no weight-gradient matmul exists to quantise. Forward matmuls use the FP8 tensor cores' fast
-accumulation (no promotion to fp32 every few k-steps), input gradients the promoted one: torchao's float8 recipe.
+gradient, so no weight-gradient matmul exists to quantise. Every FP8 matmul uses the FP8 tensor cores' fast
+accumulation (no promotion to fp32 every few k-steps; torchao promotes in the input gradient): 5 ms less per step,
+and the 200-step loss curve stays as close to bf16's as with the promotion (bench/RESULTS.md, 2026-12-03,
+fifth session). Scales per 1x128 block (cuBLAS, CUDA >= 12.9) were measured and are slower here on both counts: their
+matmuls and Inductor's quantisation fused after a producer.
 
 Why not torchao's float8: its row-wise inference path refuses to run without a CUDA >= 8.9 device, so nothing of
 it could be tested on our CPU CI, and its training path also schedules weight-gradient work for frozen weights.
@@ -35,11 +38,11 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scaled_matmul(a: torch.Tensor, a_scale: torch.Tensor, b_t: torch.Tensor, b_scale: torch.Tensor,
-                  out_dtype: torch.dtype, fast_accum: bool) -> torch.Tensor:
+                  out_dtype: torch.dtype) -> torch.Tensor:
     """(a * a_scale) @ (b_t * b_scale).T for FP8 a [M, K] (row scales [M, 1]) and b_t [N, K] (row scales [N, 1])."""
     if a.is_cuda:
         return torch._scaled_mm(a, b_t.t(), scale_a=a_scale, scale_b=b_scale.t(), out_dtype=out_dtype,
-                                use_fast_accum=fast_accum)
+                                use_fast_accum=True)
     with torch.autocast(a.device.type, enabled=False):  # fp32 products, as _scaled_mm accumulates
         return ((a.float() * a_scale) @ (b_t.float() * b_scale).t()).to(out_dtype)
 
@@ -52,7 +55,7 @@ class _Fp8Matmul(torch.autograd.Function):
         x_fp8, x_scale = quantize_rows(x)
         ctx.save_for_backward(weight, weight_scale)
         ctx.x_dtype = x.dtype
-        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, out_dtype, fast_accum=True)
+        return scaled_matmul(x_fp8, x_scale, weight, weight_scale, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -60,7 +63,7 @@ class _Fp8Matmul(torch.autograd.Function):
         # grad_out @ W = (grad_out * row scales of W) @ W_fp8: fold, then quantise per token.
         grad_fp8, grad_scale = quantize_rows(grad_out * weight_scale.t())
         unit_scale = torch.ones(weight.shape[1], 1, device=weight.device)
-        return (scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, ctx.x_dtype, fast_accum=False),
+        return (scaled_matmul(grad_fp8, grad_scale, weight.t().contiguous(), unit_scale, ctx.x_dtype),
                 None, None, None)
 
 
@@ -88,7 +91,7 @@ class Fp8Linear(torch.nn.Module):
             out = _Fp8Matmul.apply(rows, weight, scale, out_dtype)
         else:
             x_fp8, x_scale = quantize_rows(rows)
-            out = scaled_matmul(x_fp8, x_scale, weight, scale, out_dtype, fast_accum=True)
+            out = scaled_matmul(x_fp8, x_scale, weight, scale, out_dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
