@@ -9,9 +9,9 @@ transposed on the fly (`_scaled_mm` takes both operands K-major; ~2 ms per step 
 transposed copy would hold another 4.7 GB). The LoRA and its optimizer stay as they are. The base weights need no
 gradient, so no weight-gradient matmul exists to quantise. Every FP8 matmul uses the FP8 tensor cores' fast
 accumulation (no promotion to fp32 every few k-steps; torchao promotes in the input gradient): 5 ms less per step,
-and the 200-step loss curve stays as close to bf16's as with the promotion (bench/RESULTS.md, 2026-12-03,
-fifth session). Scales per 1x128 block (cuBLAS, CUDA >= 12.9) were measured and are slower here on both counts: their
-matmuls and Inductor's quantisation fused after a producer.
+and the 200-step smoothed loss stays within 0.36% of bf16's (0.33% with the promotion; bench/RESULTS.md, 2026-12-03,
+fifth session). Scales per 1x128 block (cuBLAS, CUDA >= 12.9) were measured and are slower here: their matmuls, and
+Inductor's quantisation fused after a producer.
 
 Why not torchao's float8: its row-wise inference path refuses to run without a CUDA >= 8.9 device, so nothing of
 it could be tested on our CPU CI, and its training path also schedules weight-gradient work for frozen weights.
